@@ -1,0 +1,97 @@
+"""The Jupyter server extension: a supervised engine behind the Jupyter server's own URL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Enum, Int, List, Unicode, default
+
+from .handlers import EngineStatusHandler, ProxyHandler
+from .supervisor import EngineSettings, EngineSupervisor
+
+log = logging.getLogger(__name__)
+
+EMPTY_MODEL_CONFIG = "model_config_list {\n}\n"
+
+
+class TFServeExtension(ExtensionApp):
+    """Runs the jupyter-tfserve engine for this Jupyter server and exposes it under ``{base_url}tfserve/``."""
+
+    name = "jupyter_tfserve"
+
+    state_dir = Unicode(
+        help="Where the engine's model config (TF Serving text format) and logs are kept. "
+        "Default: <jupyter data dir>/tfserve.",
+    ).tag(config=True)
+
+    model_repository_root = Unicode(
+        help="Root folder of the model repository; models are loaded only from under it. "
+        "Default: <state_dir>/models.",
+    ).tag(config=True)
+
+    engine_host = Unicode("127.0.0.1", help="Address the engine binds (REST and gRPC).").tag(config=True)
+    engine_rest_port = Int(0, help="The engine's REST port; 0 picks a free port.").tag(config=True)
+    engine_grpc_port = Int(0, help="The engine's gRPC port; 0 picks a free port.").tag(config=True)
+    start_engine = Enum(
+        ["startup", "first_use"], "startup",
+        help="Start the engine when the Jupyter server starts, or on the first request to tfserve/.",
+    ).tag(config=True)
+    max_request_body_bytes = Int(
+        64 * 1024 * 1024, help="Largest request body the engine accepts (413 above it)."
+    ).tag(config=True)
+    engine_args = List(
+        Unicode(), help="Extra tensorflow_model_server-style flags for the engine, e.g. ['--enable_batching']."
+    ).tag(config=True)
+    engine_startup_timeout = Int(120, help="Seconds to wait for the engine to answer after a start.").tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        return str(Path(jupyter_data_dir()) / "tfserve")
+
+    @default("model_repository_root")
+    def _default_model_repository_root(self) -> str:
+        return str(Path(self.state_dir) / "models")
+
+    def initialize_settings(self) -> None:
+        state = Path(self.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        Path(self.model_repository_root).mkdir(parents=True, exist_ok=True)
+        config_file = state / "models.config"
+        if not config_file.exists():
+            config_file.write_text(EMPTY_MODEL_CONFIG)
+        self.supervisor = EngineSupervisor(EngineSettings(
+            config_file=config_file,
+            host=self.engine_host,
+            rest_port=self.engine_rest_port,
+            grpc_port=self.engine_grpc_port,
+            extra_args=[f"--max_request_body_bytes={self.max_request_body_bytes}", *self.engine_args],
+            log_file=state / "engine.log",
+            startup_timeout=self.engine_startup_timeout,
+        ))
+        self._start_task: asyncio.Task | None = None
+        self.settings.update({"tfserve_supervisor": self.supervisor, "tfserve_ensure_engine": self.ensure_engine})
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend([
+            (r"/tfserve/v1/(.*)", ProxyHandler),
+            (r"/tfserve/api/engine", EngineStatusHandler),
+        ])
+
+    def ensure_engine(self) -> asyncio.Task:
+        """Start the engine once (in the background); awaiting the task waits until it answers."""
+        if self._start_task is None:
+            self._start_task = asyncio.get_running_loop().create_task(self.supervisor.start())
+        return self._start_task
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:
+        if self.start_engine == "startup":
+            self.ensure_engine()
+
+    async def stop_extension(self) -> None:
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+        await self.supervisor.stop()
