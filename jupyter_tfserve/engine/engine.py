@@ -25,6 +25,7 @@ from .config import ModelServerConfig
 from .errors import Code, ServingError, invalid_argument
 from .manager import Handle, Manager, VersionStatus
 from .metrics import EngineMetrics
+from .routing import Router, Shadow, compare_outputs
 from .servable import (
     Servable,
     SessionOptions,
@@ -34,6 +35,7 @@ from .servable import (
     warmup_file,
 )
 from .signature import DEFAULT_SIGNATURE, SignatureSpec
+from .windows import LatencyWindows
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ Decoder = Callable[[SignatureSpec], dict[str, np.ndarray]]
 
 INLINE_MAX_SECONDS = 200e-6
 INLINE_MAX_INPUT_BYTES = 64 * 1024
+MAX_SHADOW_REQUESTS_IN_FLIGHT = 4
 
 
 class Engine:
@@ -87,6 +90,9 @@ class Engine:
     def __init__(self, options: EngineOptions | None = None) -> None:
         self.options = options or EngineOptions()
         self.metrics = EngineMetrics()
+        self.router = Router()
+        self.windows = LatencyWindows()
+        self._shadow_tasks: set[asyncio.Task] = set()
         self.manager = Manager(
             self._load_version,
             self._on_unload,
@@ -109,6 +115,8 @@ class Engine:
         await self.manager.set_config(config)
 
     async def stop(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
         await self.manager.stop()
         for scheduler in list(self._schedulers.values()):
             await scheduler.close()
@@ -199,27 +207,90 @@ class Engine:
 
     # -- the request path ------------------------------------------------------------------------
 
-    def _acquire(self, target: Target) -> Handle:
+    def _acquire(self, target: Target, route_key: str | None = None) -> Handle:
+        """A handle on the version that answers: the one named, or the split's pick, or the latest."""
+        if target.version is None and target.label is None:
+            arm = self.router.route(target.name, route_key)
+            if arm is not None:
+                try:
+                    return self.manager.acquire(target.name, arm.version, arm.label)
+                except ServingError as error:
+                    self.router.count_fallback(target.name, arm, error.message)
         return self.manager.acquire(target.name, target.version, target.label)
 
     async def predict(
-        self, target: Target, decode: Decoder, output_filter: Sequence[str] = (), entrypoint: str = "REST"
+        self,
+        target: Target,
+        decode: Decoder,
+        output_filter: Sequence[str] = (),
+        entrypoint: str = "REST",
+        route_key: str | None = None,
     ) -> Answer:
         started = time.perf_counter()
         status = Code.OK
+        version = None
         try:
-            with self._acquire(target) as handle:
+            with self._acquire(target, route_key) as handle:
+                version = handle.version
                 servable = handle.servable
                 signature = servable.signature(target.signature)
                 inputs = decode(signature)
                 output_keys = _select_outputs(signature, output_filter)
                 outputs = await self._run(servable, signature, inputs, output_keys)
-                return Answer(target.name, handle.version, signature.name, outputs=outputs)
+            if target.version is None and target.label is None:
+                self._maybe_shadow(target, decode, version, outputs)
+            return Answer(target.name, version, signature.name, outputs=outputs)
         except ServingError as error:
             status = error.code
             raise
         finally:
-            self._record(target.name, "predict", entrypoint, status, started)
+            self._record(target.name, version, "predict", entrypoint, status, started)
+
+    # -- shadow traffic --------------------------------------------------------------------------
+
+    def _maybe_shadow(self, target: Target, decode: Decoder, primary_version: int, outputs: dict) -> None:
+        shadow = self.router.shadow(target.name)
+        if shadow is None:
+            return
+        if len(self._shadow_tasks) >= MAX_SHADOW_REQUESTS_IN_FLIGHT:
+            shadow.stats.skipped += 1
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run_shadow(shadow, target, decode, primary_version, outputs)
+        )
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _run_shadow(
+        self, shadow: Shadow, target: Target, decode: Decoder, primary_version: int, primary: dict
+    ) -> None:
+        """Run the shadow version on the same request; record the comparison, never the answer."""
+        started = time.perf_counter()
+        version = None
+        ok = False
+        try:
+            with self.manager.acquire(target.name, shadow.version, shadow.label) as handle:
+                version = handle.version
+                if version == primary_version:
+                    shadow.stats.skipped += 1
+                    return
+                servable = handle.servable
+                signature = servable.signature(target.signature)
+                keys = [key for key in primary if key in signature.outputs]
+                outputs = await self._run(servable, signature, decode(signature), keys)
+            agrees, differences = compare_outputs(primary, outputs, shadow.tolerance)
+            self.router.record_shadow(shadow, agrees, differences)
+            ok = True
+        except ServingError as error:
+            shadow.stats.errors += 1
+            shadow.stats.last_error = error.message
+        except Exception as error:  # a shadow must never hurt the primary; say what happened
+            log.exception("model %s: shadow request failed", target.name)
+            shadow.stats.errors += 1
+            shadow.stats.last_error = str(error)
+        finally:
+            if version is not None and version != primary_version:
+                self.windows.record(target.name, f"{version} shadow", (time.perf_counter() - started) * 1e3, ok)
 
     async def _run(
         self, servable: Servable, signature: SignatureSpec, inputs: dict[str, np.ndarray], output_keys: list[str]
@@ -262,17 +333,25 @@ class Engine:
             self._typical_runtime[key] = elapsed if typical is None else 0.8 * typical + 0.2 * elapsed
         return outputs
 
-    async def classify(self, target: Target, examples: list[bytes], entrypoint: str = "REST") -> Answer:
-        return await self._examples_call(target, examples, "classify", entrypoint)
+    async def classify(
+        self, target: Target, examples: list[bytes], entrypoint: str = "REST", route_key: str | None = None
+    ) -> Answer:
+        return await self._examples_call(target, examples, "classify", entrypoint, route_key)
 
-    async def regress(self, target: Target, examples: list[bytes], entrypoint: str = "REST") -> Answer:
-        return await self._examples_call(target, examples, "regress", entrypoint)
+    async def regress(
+        self, target: Target, examples: list[bytes], entrypoint: str = "REST", route_key: str | None = None
+    ) -> Answer:
+        return await self._examples_call(target, examples, "regress", entrypoint, route_key)
 
-    async def _examples_call(self, target: Target, examples: list[bytes], api: str, entrypoint: str) -> Answer:
+    async def _examples_call(
+        self, target: Target, examples: list[bytes], api: str, entrypoint: str, route_key: str | None
+    ) -> Answer:
         started = time.perf_counter()
         status = Code.OK
+        version = None
         try:
-            with self._acquire(target) as handle:
+            with self._acquire(target, route_key) as handle:
+                version = handle.version
                 servable = handle.servable
                 signature = servable.signature(target.signature)
                 method = servable.classify if api == "classify" else servable.regress
@@ -283,26 +362,31 @@ class Engine:
             status = error.code
             raise
         finally:
-            self._record(target.name, api, entrypoint, status, started)
+            self._record(target.name, version, api, entrypoint, status, started)
 
     def metadata(self, target: Target, entrypoint: str = "REST") -> tuple[int, object]:
         """(version, SignatureDefMap) for GetModelMetadata."""
         started = time.perf_counter()
         status = Code.OK
         try:
-            with self._acquire(target) as handle:
+            with self.manager.acquire(target.name, target.version, target.label) as handle:
                 return handle.version, handle.servable.signature_def_map()
         except ServingError as error:
             status = error.code
             raise
         finally:
-            self._record(target.name, "GetModelMetadata", entrypoint, status, started)
+            self._record(target.name, None, "GetModelMetadata", entrypoint, status, started)
 
     def status(self, target: Target) -> list[VersionStatus]:
         return self.manager.status(target.name, target.version, target.label)
 
-    def _record(self, name: str, api: str, entrypoint: str, status: Code, started: float) -> None:
-        self.metrics.record_request(name, api, entrypoint, status.name, (time.perf_counter() - started) * 1e6)
+    def _record(
+        self, name: str, version: int | None, api: str, entrypoint: str, status: Code, started: float
+    ) -> None:
+        latency_us = (time.perf_counter() - started) * 1e6
+        self.metrics.record_request(name, api, entrypoint, status.name, latency_us)
+        if api != "GetModelMetadata" and status is not Code.NOT_FOUND:
+            self.windows.record(name, version, latency_us / 1e3, status is Code.OK)
 
 
 def _batchable(inputs: dict[str, np.ndarray]) -> bool:

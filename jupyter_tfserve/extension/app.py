@@ -8,9 +8,10 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Enum, Int, List, Unicode, default
+from traitlets import Dict, Enum, Int, List, Unicode, default
 
-from .handlers import EngineStatusHandler, ProxyHandler
+from ..engine.config import write_text_atomically
+from .handlers import EngineStatusHandler, ManagementProxyHandler, ProxyHandler
 from .supervisor import EngineSettings, EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,16 @@ class TFServeExtension(ExtensionApp):
         Unicode(), help="Extra tensorflow_model_server-style flags for the engine, e.g. ['--enable_batching']."
     ).tag(config=True)
     engine_startup_timeout = Int(120, help="Seconds to wait for the engine to answer after a start.").tag(config=True)
+    allowed_model_paths = List(
+        Unicode(), help="Folders outside the model repository root that the management API may load models from."
+    ).tag(config=True)
+    default_batching = Dict(
+        help="Batching for every model unless set per model, as BatchingParameters fields, e.g. "
+        "{'max_batch_size': 32, 'batch_timeout_micros': 2000}. Empty: no batching unless set per model.",
+    ).tag(config=True)
+    share_token_lifetime_seconds = Int(
+        24 * 3600, help="How long a share token lasts when its creator does not say (seconds)."
+    ).tag(config=True)
 
     @default("state_dir")
     def _default_state_dir(self) -> str:
@@ -63,22 +74,41 @@ class TFServeExtension(ExtensionApp):
         config_file = state / "models.config"
         if not config_file.exists():
             config_file.write_text(EMPTY_MODEL_CONFIG)
+        extra_args = [f"--max_request_body_bytes={self.max_request_body_bytes}",
+                      f"--share_token_lifetime_seconds={self.share_token_lifetime_seconds}"]
+        if self.default_batching:
+            extra_args += ["--enable_batching", f"--batching_parameters_file={self._write_batching_file(state)}"]
         self.supervisor = EngineSupervisor(EngineSettings(
             config_file=config_file,
             host=self.engine_host,
             rest_port=self.engine_rest_port,
             grpc_port=self.engine_grpc_port,
-            extra_args=[f"--max_request_body_bytes={self.max_request_body_bytes}", *self.engine_args],
+            state_db=state / "state.sqlite",
+            model_repository_root=Path(self.model_repository_root),
+            allowed_model_paths=list(self.allowed_model_paths),
+            extra_args=[*extra_args, *self.engine_args],
             log_file=state / "engine.log",
             startup_timeout=self.engine_startup_timeout,
         ))
         self._start_task: asyncio.Task | None = None
         self.settings.update({"tfserve_supervisor": self.supervisor, "tfserve_ensure_engine": self.ensure_engine})
 
+    def _write_batching_file(self, state: Path) -> Path:
+        """``default_batching`` as a BatchingParameters text proto, the file TF Serving's flag takes."""
+        from google.protobuf import text_format
+
+        from ..engine.batching import BatchingOptions
+
+        options = BatchingOptions.from_dict(self.default_batching)
+        path = state / "batching.config"
+        write_text_atomically(path, text_format.MessageToString(options.to_proto()))
+        return path
+
     def initialize_handlers(self) -> None:
         self.handlers.extend([
             (r"/tfserve/v1/(.*)", ProxyHandler),
-            (r"/tfserve/api/engine", EngineStatusHandler),
+            (r"/tfserve/api/engine/?", EngineStatusHandler),
+            (r"/tfserve/api/(.*)", ManagementProxyHandler),
         ])
 
     def ensure_engine(self) -> asyncio.Task:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from ..server.auth import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ class EngineSettings:
     host: str = "127.0.0.1"
     rest_port: int = 0
     grpc_port: int = 0
+    management_port: int = 0
+    state_db: Path | None = None
+    model_repository_root: Path | None = None
+    allowed_model_paths: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     log_file: Path | None = None
     startup_timeout: float = 120.0
@@ -51,6 +58,10 @@ class EngineSupervisor:
         self.settings = settings
         self.rest_port = settings.rest_port or free_port(settings.host)
         self.grpc_port = settings.grpc_port or free_port(settings.host)
+        self.management_port = settings.management_port or free_port("127.0.0.1")
+        # Only this process and the engine it starts know the secret: it travels in the
+        # environment (not the command line, which other local users can read in ps).
+        self.secret = secrets.token_urlsafe(32)
         self.process: asyncio.subprocess.Process | None = None
         self.state = "stopped"
         self.restarts = 0
@@ -61,7 +72,16 @@ class EngineSupervisor:
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self.settings.host}:{self.rest_port}"
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        return f"http://{host}:{self.rest_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    @property
+    def secret_headers(self) -> dict[str, str]:
+        return {ENGINE_SECRET_HEADER: self.secret}
 
     def command(self) -> list[str]:
         return [
@@ -69,6 +89,12 @@ class EngineSupervisor:
             f"--rest_api_host={self.settings.host}", f"--rest_api_port={self.rest_port}",
             f"--grpc_host={self.settings.host}", f"--port={self.grpc_port}",
             f"--model_config_file={self.settings.config_file}", "--model_config_file_poll_wait_seconds=1",
+            "--require_auth", f"--management_port={self.management_port}",
+            *([f"--state_db={self.settings.state_db}"] if self.settings.state_db else []),
+            *([f"--model_repository_root={self.settings.model_repository_root}"]
+              if self.settings.model_repository_root else []),
+            *([f"--allowed_model_paths={','.join(self.settings.allowed_model_paths)}"]
+              if self.settings.allowed_model_paths else []),
             *self.settings.extra_args,
         ]
 
@@ -83,7 +109,8 @@ class EngineSupervisor:
         self.state = "starting"
         self._ready.clear()
         output = open(self.settings.log_file, "ab") if self.settings.log_file else asyncio.subprocess.DEVNULL  # noqa: SIM115
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               ENGINE_SECRET_ENV: self.secret}
         self.process = await asyncio.create_subprocess_exec(
             *self.command(), stdout=output, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True
         )

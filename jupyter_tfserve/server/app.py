@@ -22,8 +22,12 @@ from ..engine.config import ConfigError, ModelServerConfig, read_model_server_co
 from ..engine.engine import Engine, EngineOptions
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
 from ..engine.servable import default_session_options
+from .auth import ENGINE_SECRET_ENV, Authenticator
+from .control import Control, PathPolicy
 from .grpc_server import make_grpc_server
+from .management import make_management_app
 from .rest import make_app
+from .state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,19 @@ class EngineServer:
         self.config = initial_config(args)
         self.engine = Engine(engine_options(args))
         self.metrics_path = metrics_path(args)
+        secret = os.environ.get(ENGINE_SECRET_ENV) or None
+        if args.management_port and not secret:
+            raise ServeError(f"--management_port needs the engine secret in ${ENGINE_SECRET_ENV}")
+        self.store = StateStore(args.state_db or None)
+        self.auth = Authenticator(self.store, secret, bool(args.require_auth),
+                                  default_lifetime_seconds=args.share_token_lifetime_seconds)
+        allowed = [path.strip() for path in args.allowed_model_paths.split(",") if path.strip()]
+        self.control = Control(
+            self.engine, self.store, self.auth, PathPolicy(args.model_repository_root or None, allowed),
+            args.model_config_file or None, on_config_written=self._config_written,
+        )
         self._http: tornado.httpserver.HTTPServer | None = None
+        self._management: tornado.httpserver.HTTPServer | None = None
         self._grpc = None
         self._tasks: list[asyncio.Task] = []
         self._config_text: str | None = None
@@ -106,7 +122,7 @@ class EngineServer:
         args = self.args
         if args.rest_api_port:
             app = make_app(self.engine, metrics_path=self.metrics_path, timeout_ms=args.rest_api_timeout_in_ms,
-                           max_body_bytes=args.max_request_body_bytes)
+                           max_body_bytes=args.max_request_body_bytes, auth=self.auth)
             self._http = tornado.httpserver.HTTPServer(
                 app, max_body_size=args.max_request_body_bytes + 1, xheaders=False, idle_connection_timeout=300
             )
@@ -117,7 +133,7 @@ class EngineServer:
             log.info("REST API at http://%s:%d/v1/models%s", args.rest_api_host, args.rest_api_port,
                      f" (metrics at {self.metrics_path})" if self.metrics_path else "")
         if args.port:
-            self._grpc = make_grpc_server(self.engine, args.max_request_body_bytes)
+            self._grpc = make_grpc_server(self.engine, args.max_request_body_bytes, self.auth)
             address = f"{args.grpc_host}:{args.port}"
             try:
                 bound = self._grpc.add_insecure_port(address)
@@ -127,6 +143,15 @@ class EngineServer:
                 raise ServeError(f"cannot listen on {address}")
             await self._grpc.start()
             log.info("gRPC API at %s", address)
+        if args.management_port:
+            self._management = tornado.httpserver.HTTPServer(make_management_app(self.control, self.auth))
+            try:
+                self._management.listen(args.management_port, address=args.rest_api_host)
+            except OSError as error:
+                raise ServeError(f"cannot listen on {args.rest_api_host}:{args.management_port}: "
+                                 f"{error.strerror}") from None
+            log.info("management API at http://%s:%d/api/", args.rest_api_host, args.management_port)
+        self.control.restore()
         await self.engine.start(self.config)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.engine.manager.run_polling(args.file_system_poll_wait_seconds)))
@@ -155,14 +180,21 @@ class EngineServer:
             log.info("model config file %s changed; applying it", path)
             await self.engine.manager.set_config(config)
 
+    def _config_written(self, text: str) -> None:
+        """The management API rewrote the config file: the poller must not re-apply our own change."""
+        self._config_text = text
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._management is not None:
+            self._management.stop()
         if self._http is not None:
             self._http.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
         await self.engine.stop()
+        self.store.close()
 
 
 def run_server(args: argparse.Namespace) -> None:

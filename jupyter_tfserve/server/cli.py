@@ -61,6 +61,18 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     flag(parser, "tensorflow_inter_op_parallelism", int, 0,
          "Threads for running independent ops in parallel; 0 picks a small number for this machine")
     flag(parser, "num_load_threads", int, 2, "Threads used to load model versions")
+    flag(parser, "require_auth", bool, False,
+         "Answer only requests that carry the engine secret (from $TFSERVE_ENGINE_SECRET) or a share token")
+    flag(parser, "management_port", int, 0,
+         "Port of the management API (load, unload, labels, batching, routing, share tokens); 0 disables it. "
+         "It needs $TFSERVE_ENGINE_SECRET and binds --rest_api_host")
+    flag(parser, "state_db", str, "",
+         "SQLite file keeping routing, per-model batching and share tokens across restarts (default: memory)")
+    flag(parser, "model_repository_root", str, "",
+         "The management API loads models only from under this folder (and --allowed_model_paths)")
+    flag(parser, "allowed_model_paths", str, "", "Comma-separated folders the management API may also load from")
+    flag(parser, "share_token_lifetime_seconds", int, 24 * 3600,
+         "How long a share token lasts when its creator does not say")
     return parser
 
 

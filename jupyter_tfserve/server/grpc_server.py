@@ -26,6 +26,8 @@ from ..engine.config import ConfigError, validate_model_server_config
 from ..engine.engine import Engine, Target, serialized_examples
 from ..engine.errors import ServingError, invalid_argument
 from ..engine.manager import State
+from ..engine.routing import ROUTE_KEY_HEADER
+from .auth import ENGINE_SECRET_HEADER, Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +58,42 @@ def _fill_spec(spec, name: str, version: int, signature_name: str = "") -> None:
     spec.signature_name = signature_name
 
 
+_SECRET_KEY = ENGINE_SECRET_HEADER.lower()
+_ROUTE_KEY = ROUTE_KEY_HEADER.lower()
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+
+
+def _authorize(auth: Authenticator | None, context, model: str | None, verb: str | None) -> dict[str, str]:
+    """Check the call's credentials (metadata, as REST's headers); returns the metadata."""
+    metadata = _metadata(context)
+    if auth is not None:
+        access = auth.authenticate(metadata.get(_SECRET_KEY), metadata.get("authorization"))
+        access.require(model, verb)
+    return metadata
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
     await context.abort(getattr(grpc.StatusCode, error.code.name, grpc.StatusCode.UNKNOWN), error.message)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, auth: Authenticator | None = None) -> None:
         self.engine = engine
+        self.auth = auth
 
     async def Predict(self, request, context):
         try:
             target = target_from_spec(request.model_spec)
+            metadata = _authorize(self.auth, context, target.name, "predict")
             answer = await self.engine.predict(
                 target,
                 lambda signature: tensors.decode_tensor_protos(request.inputs, signature),
                 output_filter=list(request.output_filter),
                 entrypoint="GRPC",
+                route_key=metadata.get(_ROUTE_KEY),
             )
         except ServingError as error:
             await _abort(context, error)
@@ -84,7 +106,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Classify(self, request, context):
         try:
             target = target_from_spec(request.model_spec)
-            answer = await self.engine.classify(target, serialized_examples(request.input), entrypoint="GRPC")
+            metadata = _authorize(self.auth, context, target.name, "classify")
+            answer = await self.engine.classify(target, serialized_examples(request.input), entrypoint="GRPC",
+                                             route_key=metadata.get(_ROUTE_KEY))
         except ServingError as error:
             await _abort(context, error)
         response = classification_pb2.ClassificationResponse()
@@ -95,7 +119,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Regress(self, request, context):
         try:
             target = target_from_spec(request.model_spec)
-            answer = await self.engine.regress(target, serialized_examples(request.input), entrypoint="GRPC")
+            metadata = _authorize(self.auth, context, target.name, "regress")
+            answer = await self.engine.regress(target, serialized_examples(request.input), entrypoint="GRPC",
+                                             route_key=metadata.get(_ROUTE_KEY))
         except ServingError as error:
             await _abort(context, error)
         response = regression_pb2.RegressionResponse()
@@ -122,6 +148,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                                                                                     "serving_default"))
                 seen_signatures.add(spec.signature_name)
                 target = target_from_spec(spec)
+                _authorize(self.auth, context, target.name, task.method_name.rpartition("/")[2] or None)
                 result = response.results.add()
                 if task.method_name == "tensorflow/serving/classify":
                     answer = await self.engine.classify(target, examples, entrypoint="GRPC")
@@ -139,6 +166,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def GetModelMetadata(self, request, context):
         try:
             target = target_from_spec(request.model_spec)
+            _authorize(self.auth, context, target.name, "metadata")
             if list(request.metadata_field) != ["signature_def"]:
                 raise invalid_argument("Metadata field signature_def must be requested; nothing else is available")
             version, signature_map = self.engine.metadata(target, entrypoint="GRPC")
@@ -151,12 +179,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, auth: Authenticator | None = None) -> None:
         self.engine = engine
+        self.auth = auth
 
     async def GetModelStatus(self, request, context):
         try:
             target = target_from_spec(request.model_spec)
+            _authorize(self.auth, context, target.name, "status")
             statuses = self.engine.status(target)
         except ServingError as error:
             await _abort(context, error)
@@ -173,6 +203,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         """As TF Serving: the status goes in the response and, when not OK, in the RPC status too."""
         response = model_management_pb2.ReloadConfigResponse()
         try:
+            _authorize(self.auth, context, None, None)
             validate_model_server_config(request.config, "ReloadConfigRequest")
             await self.engine.reload_config(request.config)
         except ConfigError as error:
@@ -198,13 +229,13 @@ def _fill_regressions(result, values) -> None:
         result.regressions.add().value = value
 
 
-def make_grpc_server(engine: Engine, max_message_bytes: int) -> grpc.aio.Server:
+def make_grpc_server(engine: Engine, max_message_bytes: int, auth: Authenticator | None = None) -> grpc.aio.Server:
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(engine), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(engine, auth), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine, auth), server)
     return server

@@ -18,6 +18,8 @@ from ..engine import tensors
 from ..engine.engine import Answer, Engine, Target
 from ..engine.errors import Code, ServingError, invalid_argument
 from ..engine.manager import status_to_json
+from ..engine.routing import ROUTE_KEY_HEADER
+from .auth import ENGINE_SECRET_HEADER, Access, Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,33 @@ class _Base(tornado.web.RequestHandler):
 
     engine: Engine
 
-    def initialize(self, engine: Engine, timeout_seconds: float | None = None, max_body_bytes: int = 0) -> None:
+    def initialize(
+        self,
+        engine: Engine,
+        timeout_seconds: float | None = None,
+        max_body_bytes: int = 0,
+        auth: Authenticator | None = None,
+    ) -> None:
         self.engine = engine
         self.timeout_seconds = timeout_seconds
         self.max_body_bytes = max_body_bytes
+        self.auth = auth
+
+    def access(self) -> Access:
+        """The caller's rights; raises UNAUTHENTICATED or PERMISSION_DENIED (as a ServingError)."""
+        if self.auth is None:
+            return Access(owner=True)
+        headers = self.request.headers
+        return self.auth.authenticate(headers.get(ENGINE_SECRET_HEADER), headers.get("Authorization"))
+
+    def require_owner(self) -> bool:
+        """For endpoints that are not one model's: answers 401/403 and returns False unless the owner calls."""
+        try:
+            self.access().require(None, None)
+            return True
+        except ServingError as error:
+            self.write_serving_error(error)
+            return False
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -89,6 +114,8 @@ class ModelListHandler(_Base):
     """``GET /v1/models``: every model with its versions, states and labels (not in TF Serving)."""
 
     def get(self) -> None:
+        if not self.require_owner():
+            return
         manager = self.engine.manager
         models = []
         for name in manager.model_names():
@@ -133,6 +160,7 @@ class ModelHandler(_Base):
     async def get(self) -> None:
         try:
             target, match = self.parse_target()
+            self.access().require(target.name, "metadata" if match.group("metadata") else "status")
             if match.group("verb") is not None:
                 raise self.malformed()
             if match.group("metadata"):
@@ -157,18 +185,21 @@ class ModelHandler(_Base):
         self.write_json(tensors.encode_json(body))
 
     async def post(self) -> None:
-        if self._too_large:
-            self.write_error_json(
-                413, f"Request body of {self._size} bytes exceeds the limit of {self.max_body_bytes} bytes"
-            )
-            return
         body = b"".join(self._chunks)
         self._chunks = []
         try:
+            access = self.access()
+            if self._too_large:
+                self.write_error_json(
+                    413, f"Request body of {self._size} bytes exceeds the limit of {self.max_body_bytes} bytes"
+                )
+                return
             target, match = self.parse_target()
             verb = match.group("verb")
             if match.group("metadata") or verb not in ("predict", "classify", "regress"):
+                access.require(target.name, None)
                 raise self.malformed()
+            access.require(target.name, verb)
             request = tensors.parse_json_body(body)
             signature_name = request.get("signature_name", "")
             if not isinstance(signature_name, str):
@@ -181,6 +212,7 @@ class ModelHandler(_Base):
             self.write_serving_error(error)
 
     async def _call(self, verb: str, target: Target, request: dict) -> Answer:
+        route_key = self.request.headers.get(ROUTE_KEY_HEADER)
         if verb == "predict":
             row_format: list[bool] = []
 
@@ -189,13 +221,13 @@ class ModelHandler(_Base):
                 row_format.append(row)
                 return inputs
 
-            answer = await self.engine.predict(target, decode, entrypoint="REST")
+            answer = await self.engine.predict(target, decode, entrypoint="REST", route_key=route_key)
             answer.row_format = row_format[0]
             return answer
         examples = tensors.examples_from_json(request)
         if verb == "classify":
-            return await self.engine.classify(target, examples, entrypoint="REST")
-        return await self.engine.regress(target, examples, entrypoint="REST")
+            return await self.engine.classify(target, examples, entrypoint="REST", route_key=route_key)
+        return await self.engine.regress(target, examples, entrypoint="REST", route_key=route_key)
 
     @staticmethod
     def _encode(verb: str, answer: Answer) -> bytes:
@@ -222,7 +254,8 @@ class MalformedHandler(_Base):
     """Anything else under ``/v1/``: TF Serving answers these as malformed requests."""
 
     def _malformed(self) -> None:
-        self.write_serving_error(self.malformed())
+        if self.require_owner():
+            self.write_serving_error(self.malformed())
 
     get = post = put = delete = patch = _malformed  # type: ignore[assignment]
 
@@ -238,6 +271,8 @@ class ReadyHandler(_Base):
     """Readiness: every configured model has a version AVAILABLE (503 names those that do not)."""
 
     def get(self) -> None:
+        if not self.require_owner():
+            return
         ready, waiting = self.engine.manager.is_ready()
         if ready:
             self.write_json(tensors.encode_json({"status": "ready"}))
@@ -252,7 +287,8 @@ class MetricsHandler(_Base):
         self.set_header("Content-Type", CONTENT_TYPE)
 
     def get(self) -> None:
-        self.finish(self.engine.metrics.exposition())
+        if self.require_owner():
+            self.finish(self.engine.metrics.exposition())
 
 
 class NotFoundHandler(_Base):
@@ -266,9 +302,10 @@ def make_app(
     metrics_path: str | None = None,
     timeout_ms: int = 0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    auth: Authenticator | None = None,
 ) -> tornado.web.Application:
     options = {"engine": engine, "timeout_seconds": timeout_ms / 1000 if timeout_ms else None,
-               "max_body_bytes": max_body_bytes}
+               "max_body_bytes": max_body_bytes, "auth": auth}
     routes: list = [
         (r"/v1/models/?", ModelListHandler, options),
         (r"/v1/models/[^/]+.*", ModelHandler, options),

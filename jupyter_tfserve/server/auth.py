@@ -1,0 +1,167 @@
+"""Who may call the engine: the owner (holding the engine secret) or a share token's bearer.
+
+A standalone engine, like TF Serving, answers anyone who can reach its port. Run
+with ``--require_auth`` (the Jupyter extension always does), every request needs
+either the engine secret, which only the process that started the engine holds,
+or a share token.
+
+A share token grants one model and a few verbs until it expires or is revoked.
+It is shown once, at creation; the store keeps only its SHA-256 (the token holds
+256 random bits, so a slow password hash would add nothing) and compares digests
+in constant time. Tokens look like ``tfs_<id>_<secret>``: the id finds the record
+without scanning, and lets a user name the token to revoke without its secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from ..engine.errors import Code, ServingError, invalid_argument
+from .state import StateStore, TokenRecord
+
+ENGINE_SECRET_HEADER = "X-TFServe-Engine-Secret"
+ENGINE_SECRET_ENV = "TFSERVE_ENGINE_SECRET"
+TOKEN_PREFIX = "tfs_"
+SHARE_VERBS = ("predict", "classify", "regress", "metadata", "status")
+DEFAULT_SHARE_VERBS = ("predict", "metadata", "status")
+DEFAULT_TOKEN_LIFETIME_SECONDS = 24 * 3600
+MAX_TOKEN_LIFETIME_SECONDS = 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the caller may do: everything (owner) or some verbs on one model (share token)."""
+
+    owner: bool
+    model: str = ""
+    verbs: tuple[str, ...] = ()
+    token_id: str = ""
+
+    def require(self, model: str | None, verb: str | None) -> None:
+        """Raise PERMISSION_DENIED unless the caller may use ``verb`` on ``model``.
+
+        ``model=None`` stands for anything that is not one model's endpoint (the model
+        list, metrics, management): only the owner reaches those.
+        """
+        if self.owner:
+            return
+        if model is None or verb is None:
+            raise ServingError(Code.PERMISSION_DENIED, "A share token grants access to one model's endpoints only")
+        if model != self.model:
+            raise ServingError(Code.PERMISSION_DENIED, f"This share token does not grant access to model {model}")
+        if verb not in self.verbs:
+            raise ServingError(
+                Code.PERMISSION_DENIED,
+                f"This share token does not grant '{verb}' on model {model} (it grants: {', '.join(self.verbs)})",
+            )
+
+
+OWNER = Access(owner=True)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The share token in an ``Authorization: Bearer tfs_...`` header, if that is what it holds."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value.startswith(TOKEN_PREFIX):
+        return None
+    return value
+
+
+class Authenticator:
+    """Turns a request's credentials into an :class:`Access`, or raises 401/403 in TF Serving's format."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        engine_secret: str | None,
+        require_auth: bool,
+        *,
+        default_lifetime_seconds: float = DEFAULT_TOKEN_LIFETIME_SECONDS,
+        clock=time.time,
+    ) -> None:
+        self.store = store
+        self.default_lifetime_seconds = default_lifetime_seconds
+        self._secret = engine_secret or ""
+        self.require_auth = require_auth
+        self._clock = clock
+
+    def is_owner_secret(self, presented: str | None) -> bool:
+        return bool(self._secret) and presented is not None and hmac.compare_digest(
+            presented.encode(), self._secret.encode()
+        )
+
+    def authenticate(self, engine_secret: str | None, authorization: str | None) -> Access:
+        if self.is_owner_secret(engine_secret):
+            return OWNER
+        token = bearer_token(authorization)
+        if token is not None:
+            return self.check_token(token)
+        if not self.require_auth:
+            return OWNER
+        raise ServingError(
+            Code.UNAUTHENTICATED,
+            "Authentication required: send a share token as 'Authorization: Bearer tfs_...'",
+        )
+
+    def check_token(self, token: str) -> Access:
+        token_id = token[len(TOKEN_PREFIX):].partition("_")[0]
+        record = self.store.token(token_id) if token_id else None
+        # Compare against a dummy digest when the id is unknown, so timing does not tell ids apart.
+        expected = record.token_hash if record is not None else hash_token(secrets.token_hex(16))
+        if not hmac.compare_digest(hash_token(token).encode(), expected.encode()) or record is None:
+            raise ServingError(Code.UNAUTHENTICATED, "Invalid share token")
+        if record.revoked_at is not None:
+            raise ServingError(Code.PERMISSION_DENIED, "This share token has been revoked")
+        if self._clock() >= record.expires_at:
+            raise ServingError(Code.UNAUTHENTICATED, "This share token has expired")
+        return Access(owner=False, model=record.model, verbs=record.verbs, token_id=record.id)
+
+    # -- the owner's side: create, list, revoke --------------------------------------------------
+
+    def create_token(
+        self, model: str, verbs: list[str] | tuple[str, ...] | None = None,
+        lifetime_seconds: float | None = None, description: str = "",
+    ) -> tuple[str, TokenRecord]:
+        """A new token (returned once, never stored) and its record."""
+        if not isinstance(model, str) or not model:
+            raise invalid_argument("'model' must name the model the token grants")
+        chosen = tuple(DEFAULT_SHARE_VERBS if verbs is None else verbs)
+        unknown = [verb for verb in chosen if verb not in SHARE_VERBS]
+        if unknown or not chosen:
+            raise invalid_argument(
+                f"'verbs' must be a non-empty subset of {', '.join(SHARE_VERBS)}; got {list(chosen)}"
+            )
+        lifetime = self.default_lifetime_seconds if lifetime_seconds is None else lifetime_seconds
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or not (
+            0 < lifetime <= MAX_TOKEN_LIFETIME_SECONDS
+        ):
+            raise invalid_argument(
+                f"'expires_in_seconds' must be between 1 and {MAX_TOKEN_LIFETIME_SECONDS}; got {lifetime!r}"
+            )
+        if not isinstance(description, str) or len(description) > 200:
+            raise invalid_argument("'description' must be a string of at most 200 characters")
+        token_id = secrets.token_hex(6)
+        token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+        now = self._clock()
+        record = TokenRecord(token_id, hash_token(token), model, tuple(dict.fromkeys(chosen)), description,
+                             now, now + lifetime, None)
+        self.store.add_token(record)
+        return token, record
+
+    def revoke_token(self, token_id: str) -> TokenRecord:
+        record = self.store.token(token_id)
+        if record is None:
+            raise ServingError(Code.NOT_FOUND, f"No share token with id {token_id}")
+        self.store.revoke_token(token_id, self._clock())
+        return self.store.token(token_id)  # type: ignore[return-value]
