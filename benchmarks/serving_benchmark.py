@@ -199,10 +199,11 @@ def rest_body(model: Model) -> bytes:
     return json.dumps({"instances": [model.instance.tolist()]}).encode()
 
 
-def run_wrk(url: str, body_file: Path, concurrency: int, seconds: float) -> dict:
+def run_wrk(url: str, body_file: Path, concurrency: int, seconds: float, headers: dict[str, str] | None = None) -> dict:
     threads = min(2, concurrency)
-    command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s",
-               str(HERE / "post.lua"), url]
+    header_args = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
+    command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+               *header_args, "-s", str(HERE / "post.lua"), url]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
                               env={**os.environ, "WRK_BODY_FILE": str(body_file)})
     line = next((line for line in finished.stdout.splitlines() if line.startswith("{")), None)

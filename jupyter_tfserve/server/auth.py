@@ -92,6 +92,9 @@ class Authenticator:
     ) -> None:
         self.store = store
         self.default_lifetime_seconds = default_lifetime_seconds
+        # This process is the only writer of its store, so a cache updated on create and revoke is
+        # exact: a revocation takes effect on the next request, with no SQLite read per request.
+        self._records: dict[str, TokenRecord | None] = {}
         self._secret = engine_secret or ""
         self.require_auth = require_auth
         self._clock = clock
@@ -116,7 +119,7 @@ class Authenticator:
 
     def check_token(self, token: str) -> Access:
         token_id = token[len(TOKEN_PREFIX):].partition("_")[0]
-        record = self.store.token(token_id) if token_id else None
+        record = self._record(token_id) if token_id else None
         # Compare against a dummy digest when the id is unknown, so timing does not tell ids apart.
         expected = record.token_hash if record is not None else hash_token(secrets.token_hex(16))
         if not hmac.compare_digest(hash_token(token).encode(), expected.encode()) or record is None:
@@ -126,6 +129,14 @@ class Authenticator:
         if self._clock() >= record.expires_at:
             raise ServingError(Code.UNAUTHENTICATED, "This share token has expired")
         return Access(owner=False, model=record.model, verbs=record.verbs, token_id=record.id)
+
+    def _record(self, token_id: str) -> TokenRecord | None:
+        if token_id in self._records:
+            return self._records[token_id]
+        record = self.store.token(token_id)
+        if record is not None:  # unknown ids are not cached: a flood of guesses must not grow memory
+            self._records[token_id] = record
+        return record
 
     # -- the owner's side: create, list, revoke --------------------------------------------------
 
@@ -157,6 +168,7 @@ class Authenticator:
         record = TokenRecord(token_id, hash_token(token), model, tuple(dict.fromkeys(chosen)), description,
                              now, now + lifetime, None)
         self.store.add_token(record)
+        self._records[token_id] = record
         return token, record
 
     def revoke_token(self, token_id: str) -> TokenRecord:
@@ -164,4 +176,6 @@ class Authenticator:
         if record is None:
             raise ServingError(Code.NOT_FOUND, f"No share token with id {token_id}")
         self.store.revoke_token(token_id, self._clock())
-        return self.store.token(token_id)  # type: ignore[return-value]
+        revoked = self.store.token(token_id)
+        self._records[token_id] = revoked
+        return revoked  # type: ignore[return-value]
