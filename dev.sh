@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One entry point for people and CI: `./dev.sh demo` sets everything up and serves
-# the demo model; `./dev.sh test` sets everything up and runs the whole test suite.
+# One entry point for people and CI: `./dev.sh demo` sets everything up and opens
+# JupyterLab with the extension on and a demo model served; `./dev.sh test` sets
+# everything up and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -38,6 +39,14 @@ shift || true
 case "$cmd" in
   demo)
     setup
+    # JupyterLab with the extension on and half_plus_two served under {base_url}tfserve/.
+    root_flag=()
+    if [ "$(id -u)" = 0 ]; then root_flag=(--allow-root); fi
+    exec "$VENV/bin/jupyter" lab --TFServeExtension.demo_model=True "${root_flag[@]}" "$@"
+    ;;
+  serve-demo)
+    setup
+    # The engine alone (no Jupyter): REST on :8501, gRPC on :8500.
     exec "$VENV/bin/jupyter-tfserve" demo "$@"
     ;;
   test)
@@ -62,7 +71,7 @@ case "$cmd" in
     setup
     ;;
   *)
-    echo "usage: ./dev.sh demo | test [pytest args] | bench [--quick] | setup" >&2
+    echo "usage: ./dev.sh demo [jupyter lab args] | serve-demo | test [pytest args] | bench [--quick] | setup" >&2
     exit 2
     ;;
 esac

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 
 import aiohttp
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Enum, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Int, List, Unicode, default
 
 from ..engine.config import write_text_atomically
 from .handlers import EngineStatusHandler, ManagementProxyHandler, ProxyHandler
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 EMPTY_MODEL_CONFIG = "model_config_list {\n}\n"
 PROXY_TIMEOUT_SECONDS = 300
+DEMO_MODEL_NAME = "half_plus_two"
 
 
 class TFServeExtension(ExtensionApp):
@@ -57,6 +59,10 @@ class TFServeExtension(ExtensionApp):
         help="Batching for every model unless set per model, as BatchingParameters fields, e.g. "
         "{'max_batch_size': 32, 'batch_timeout_micros': 2000}. Empty: no batching unless set per model.",
     ).tag(config=True)
+    demo_model = Bool(
+        False, help="Serve a demo model, half_plus_two (y = x/2 + 2), written into the model repository on first "
+        "start (no download).",
+    ).tag(config=True)
     share_token_lifetime_seconds = Int(
         24 * 3600, help="How long a share token lasts when its creator does not say (seconds)."
     ).tag(config=True)
@@ -76,6 +82,8 @@ class TFServeExtension(ExtensionApp):
         config_file = state / "models.config"
         if not config_file.exists():
             config_file.write_text(EMPTY_MODEL_CONFIG)
+        if self.demo_model:
+            self._add_demo_model(config_file)
         extra_args = [f"--max_request_body_bytes={self.max_request_body_bytes}",
                       f"--share_token_lifetime_seconds={self.share_token_lifetime_seconds}"]
         if self.default_batching:
@@ -96,6 +104,34 @@ class TFServeExtension(ExtensionApp):
         self._http_session: aiohttp.ClientSession | None = None
         self.settings.update({"tfserve_supervisor": self.supervisor, "tfserve_ensure_engine": self.ensure_engine,
                               "tfserve_http_session": self.http_session})
+
+    def _add_demo_model(self, config_file: Path) -> None:
+        """Put half_plus_two in the model config; its files are written by the engine's start task."""
+        from ..engine.config import read_model_server_config, write_model_server_config
+
+        config = read_model_server_config(config_file)
+        if any(model.name == DEMO_MODEL_NAME for model in config.model_config_list.config):
+            return
+        model = config.model_config_list.config.add()
+        model.name = DEMO_MODEL_NAME
+        model.base_path = str(Path(self.model_repository_root) / DEMO_MODEL_NAME)
+        model.model_platform = "tensorflow"
+        write_model_server_config(config, config_file)
+
+    async def _write_demo_model(self) -> None:
+        """In a child process: TensorFlow stays out of the Jupyter server. The engine's poller picks it up."""
+        base = Path(self.model_repository_root) / DEMO_MODEL_NAME
+        if (base / "1" / "saved_model.pb").is_file():
+            return
+        self.log.info("tfserve: writing the demo model %s to %s", DEMO_MODEL_NAME, base)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; from pathlib import Path; from jupyter_tfserve.demo import "
+            "write_demo_model; write_demo_model(Path(sys.argv[1]))", str(base),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, errors = await process.communicate()
+        if process.returncode:
+            self.log.error("tfserve: writing the demo model failed: %s", errors.decode(errors="replace")[-2000:])
 
     def _write_batching_file(self, state: Path) -> Path:
         """``default_batching`` as a BatchingParameters text proto, the file TF Serving's flag takes."""
@@ -128,8 +164,13 @@ class TFServeExtension(ExtensionApp):
     def ensure_engine(self) -> asyncio.Task:
         """Start the engine once (in the background); awaiting the task waits until it answers."""
         if self._start_task is None:
-            self._start_task = asyncio.get_running_loop().create_task(self.supervisor.start())
+            self._start_task = asyncio.get_running_loop().create_task(self._start())
         return self._start_task
+
+    async def _start(self) -> None:
+        if self.demo_model:
+            self._demo_task = asyncio.get_running_loop().create_task(self._write_demo_model())
+        await self.supervisor.start()
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         if self.start_engine == "startup":
