@@ -166,4 +166,5 @@ class EngineStatusHandler(_EngineHandler):
             "pid": supervisor.process.pid if supervisor.process else None,
             "rest_port": supervisor.rest_port,
             "grpc_port": supervisor.grpc_port,
+            "model_repository_root": str(supervisor.settings.model_repository_root or ""),
         }))

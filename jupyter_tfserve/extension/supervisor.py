@@ -34,6 +34,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def engine_command(settings: EngineSettings, rest_port: int, grpc_port: int, management_port: int) -> list[str]:
+    """The engine's command line; the secret is not on it (it goes in the environment)."""
+    return [
+        sys.executable, "-m", "jupyter_tfserve", "serve",
+        f"--rest_api_host={settings.host}", f"--rest_api_port={rest_port}",
+        f"--grpc_host={settings.host}", f"--port={grpc_port}",
+        f"--model_config_file={settings.config_file}", "--model_config_file_poll_wait_seconds=1",
+        "--require_auth", f"--management_port={management_port}",
+        *([f"--state_db={settings.state_db}"] if settings.state_db else []),
+        *([f"--model_repository_root={settings.model_repository_root}"] if settings.model_repository_root else []),
+        *([f"--allowed_model_paths={','.join(settings.allowed_model_paths)}"] if settings.allowed_model_paths else []),
+        *settings.extra_args,
+    ]
+
+
 @dataclass
 class EngineSettings:
     """How to start the engine: its ports, hosts, config file and extra flags."""
@@ -84,19 +99,7 @@ class EngineSupervisor:
         return {ENGINE_SECRET_HEADER: self.secret}
 
     def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "jupyter_tfserve", "serve",
-            f"--rest_api_host={self.settings.host}", f"--rest_api_port={self.rest_port}",
-            f"--grpc_host={self.settings.host}", f"--port={self.grpc_port}",
-            f"--model_config_file={self.settings.config_file}", "--model_config_file_poll_wait_seconds=1",
-            "--require_auth", f"--management_port={self.management_port}",
-            *([f"--state_db={self.settings.state_db}"] if self.settings.state_db else []),
-            *([f"--model_repository_root={self.settings.model_repository_root}"]
-              if self.settings.model_repository_root else []),
-            *([f"--allowed_model_paths={','.join(self.settings.allowed_model_paths)}"]
-              if self.settings.allowed_model_paths else []),
-            *self.settings.extra_args,
-        ]
+        return engine_command(self.settings, self.rest_port, self.grpc_port, self.management_port)
 
     async def start(self) -> None:
         """Start the engine and its watcher; returns once the engine answers (or raises)."""

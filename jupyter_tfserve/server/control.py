@@ -245,6 +245,12 @@ class Control:
         log.info("management: model %s version %d unloaded (now serving %s)", name, version, keep)
         return self.describe(name)
 
+    def poll(self, name: str) -> dict:
+        """Look for new version directories now rather than at the next poll (an export just published one)."""
+        self.engine.manager.describe(name)  # NOT_FOUND for unknown models
+        self.engine.manager.poll()
+        return self.describe(name)
+
     async def set_labels(self, name: str, labels: Any, replace: bool = True) -> dict:
         wanted = {self._label(label): _version_number(version, f"label {label}")
                   for label, version in _mapping(labels, "'labels'").items()}

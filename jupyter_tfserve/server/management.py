@@ -7,7 +7,7 @@ rule lives there.
 ``GET/POST /api/models``, ``GET/DELETE /api/models/{name}``,
 ``DELETE /api/models/{name}/versions/{v}``, ``PUT /api/models/{name}/labels``,
 ``PUT /api/models/{name}/batching``, ``PUT/DELETE /api/models/{name}/routing``,
-``POST /api/models/{name}/promote``, ``GET /api/models/{name}/windows?seconds=60``,
+``POST /api/models/{name}/promote``, ``POST /api/models/{name}/poll``, ``GET /api/models/{name}/windows?seconds=60``,
 ``GET/POST /api/tokens``, ``DELETE /api/tokens/{id}``.
 """
 
@@ -127,6 +127,11 @@ class PromoteHandler(_ManagementHandler):
         await self.answer(promote)
 
 
+class PollHandler(_ManagementHandler):
+    async def post(self, name: str) -> None:
+        await self.answer(self.control.poll, name)
+
+
 class WindowsHandler(_ManagementHandler):
     async def get(self, name: str) -> None:
         await self.answer(self.control.windows, name, self.get_query_argument("seconds", "60"))
@@ -165,6 +170,7 @@ def make_management_app(control: Control, auth: Authenticator) -> tornado.web.Ap
         (rf"/api/models/{name}/routing/?", RoutingHandler, options),
         (rf"/api/models/{name}/promote/?", PromoteHandler, options),
         (rf"/api/models/{name}/windows/?", WindowsHandler, options),
+        (rf"/api/models/{name}/poll/?", PollHandler, options),
         (r"/api/tokens/?", TokensHandler, options),
         (r"/api/tokens/([0-9a-f]+)/?", TokenHandler, options),
     ]
