@@ -167,6 +167,10 @@ class TFServeClient:
         self.session = requests.Session()
         self._engine_info: dict | None = None
 
+    def copy(self) -> TFServeClient:
+        """A client of the same engine with its own connection pool (one per thread in a load test)."""
+        return TFServeClient(self.connection)
+
     def __repr__(self) -> str:
         return f"<TFServeClient {self.connection.kind} {self.connection.api_url}>"
 

@@ -9,6 +9,7 @@ with the engine's reason when it fails to load.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -46,6 +47,18 @@ class ExportResult:
 def next_version(base: Path) -> int:
     versions = [int(entry.name) for entry in base.iterdir() if entry.name.isdigit()] if base.is_dir() else []
     return max(versions, default=0) + 1
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow():
+    """TensorFlow logs "Assets written to: <temporary folder>" at INFO: noise in a notebook, and misleading."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def save_saved_model(model: Any, path: Path) -> None:
@@ -163,7 +176,8 @@ def export_model(client: TFServeClient, model: Any, name: str, *, label: str | N
     report(f"saving version {version} to {base}")
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
     try:
-        save_saved_model(model, staging)
+        with _quiet_tensorflow():
+            save_saved_model(model, staging)
         if warmup is not None:
             write_warmup(staging, name, warmup)
             report("wrote a warmup request")
