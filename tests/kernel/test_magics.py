@@ -142,3 +142,26 @@ def test_fresh_kernel_load_ext_export_and_curl(jupyter_server):
         ["curl", "-sS", "-H", f"Authorization: token {jupyter_server.token}", "-d", '{"instances": [[1, 1, 1, 1]]}',
          f"{jupyter_server.url}tfserve/v1/models/demo:predict"], capture_output=True, text=True, timeout=60, check=True)
     np.testing.assert_allclose(json.loads(answer.stdout)["predictions"], expected, rtol=1e-5)
+
+
+def test_magics_on_a_private_engine(private_client, capsys):
+    """No Jupyter server: the same magics, served by the kernel's own engine."""
+    import keras
+
+    ipython = InteractiveShell.instance()
+    try:
+        ipython.register_magics(TFServeMagics(ipython, client=private_client))
+        ipython.user_ns["model"] = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        ipython.user_ns["x"] = np.ones((2, 3), np.float32)
+        _, out, err = run(ipython, capsys, "export model private_demo")
+        assert not err and "private_demo version 1 is AVAILABLE" in out and "%tfserve share" in out
+        value, _, err = run(ipython, capsys, "predict private_demo x")
+        assert not err and value.shape == (2, 1)
+        _, out, _ = run(ipython, capsys, "engine")
+        assert out.startswith("private engine")
+        _, out, err = run(ipython, capsys, "share private_demo")
+        curl = re.search(r"^\s+(curl .*)$", out, re.MULTILINE).group(1).replace("[...]", "[[1, 2, 3]]")
+        answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60, check=True)
+        assert len(json.loads(answer.stdout)["predictions"]) == 1
+    finally:
+        InteractiveShell.clear_instance()
