@@ -301,15 +301,28 @@ class TFServeClient:
 
     async def windows_async(self, name: str, seconds: int = 60) -> dict:
         """The same, without blocking the kernel's event loop (live widgets)."""
+        return await self._api_async(f"models/{quote(name)}/windows?seconds={int(seconds)}")
+
+    async def model_async(self, name: str) -> dict:
+        return await self._api_async(f"models/{quote(name)}")
+
+    async def _api_async(self, path: str) -> Any:
+        """A GET on the management API from the kernel's event loop; errors as :class:`TFServeError`."""
         import json
 
         client = tornado.httpclient.AsyncHTTPClient()
         try:
-            response = await client.fetch(f"{self.connection.api_url}models/{quote(name)}/windows?seconds={seconds}",
-                                          headers=self.connection.headers, request_timeout=10)
+            response = await client.fetch(self.connection.api_url + path, headers=self.connection.headers,
+                                          request_timeout=10)
         except tornado.httpclient.HTTPClientError as error:
-            message = error.response.body.decode(errors="replace") if error.response is not None else str(error)
+            body = error.response.body if error.response is not None else b""
+            try:
+                message = json.loads(body).get("error") or str(error)
+            except ValueError:
+                message = str(error)
             raise TFServeError(message, error.code) from None
+        except OSError as error:
+            raise TFServeError(f"the tfserve engine did not answer: {error}") from None
         return json.loads(response.body)
 
     # -- share tokens ----------------------------------------------------------------------------
