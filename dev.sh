@@ -20,18 +20,49 @@ find_python() {
 }
 
 setup() {
-  local stamp="$VENV/.setup-stamp" want
+  local stamp="$VENV/.setup-stamp" lab_stamp="$VENV/.labextension-stamp" want lab_want
+  local lab_dest="$VENV/share/jupyter/labextensions/jupyter-tfserve" lab_log="$VENV/labextension-build.log"
   want=$(cat pyproject.toml dev.sh | sha256sum | cut -d' ' -f1)
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    return 0
+  # The JupyterLab panel's sources and build settings (not node_modules/ or lib/).
+  lab_want=$(cd labextension &&
+    find package.json yarn.lock .yarnrc.yml tsconfig.json install.json src style -type f -print0 |
+    sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "==> setting up $VENV (first run downloads TensorFlow and the panel's npm packages, a few minutes)" >&2
+    if [ ! -x "$VENV/bin/python" ]; then
+      "$(find_python)" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # The build hook (hatch-jupyter-builder) runs `jlpm install` and `jlpm build` in labextension/
+    # (Node.js needed), and the editable install puts the built panel in $lab_dest for JupyterLab.
+    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    echo "$lab_want" > "$lab_stamp"
+    echo "$want" > "$stamp"
   fi
-  echo "==> setting up $VENV (first run downloads TensorFlow, a few minutes)" >&2
-  if [ ! -x "$VENV/bin/python" ]; then
-    "$(find_python)" -m venv "$VENV"
+  # The panel's sources changed since: rebuild it and put it where JupyterLab looks.
+  if [ ! -f "$lab_stamp" ] || [ "$(cat "$lab_stamp")" != "$lab_want" ] || [ ! -f "$lab_dest/package.json" ]; then
+    echo "==> building the JupyterLab panel (labextension/)" >&2
+    if ! (cd labextension && export PATH="$OLDPWD/$VENV/bin:$PATH" && jlpm install && jlpm build) >"$lab_log" 2>&1; then
+      tail -n 40 "$lab_log" >&2
+      echo "!!  building the JupyterLab panel failed (whole log: $lab_log)" >&2
+      return 1
+    fi
+    rm -rf "$lab_dest/static"
+    mkdir -p "$lab_dest"
+    cp -R jupyter_tfserve/labextension/. "$lab_dest/"
+    cp labextension/install.json "$lab_dest/"
+    echo "$lab_want" > "$lab_stamp"
   fi
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[test]"
-  echo "$want" > "$stamp"
+  # Debian's chromium, for the browser test (Playwright cannot download its own browser here).
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "==> installing Debian's chromium (for tests/e2e, the JupyterLab browser test)" >&2
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then sudo=(sudo -n); fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+      { "${sudo[@]}" apt-get update -q >/dev/null &&
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } ||
+      echo "!!  could not install chromium (needs root or sudo): tests/e2e/test_lab_panel.py will be skipped" >&2
+  fi
 }
 
 cmd=${1:-demo}

@@ -256,7 +256,7 @@ class TFServeMagics(Magics):
     def _do_list(self, args: argparse.Namespace) -> None:
         self._show(format_models(self.client.models()))
 
-    def _do_status(self, args: argparse.Namespace) -> dict:
+    def _do_status(self, args: argparse.Namespace) -> None:
         described = self.client.model(args.name)
         self._show(format_models([described]))
         windows = self.client.windows(args.name, 60)
