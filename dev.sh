@@ -70,10 +70,12 @@ shift || true
 case "$cmd" in
   demo)
     setup
-    # JupyterLab with the extension on and half_plus_two served under {base_url}tfserve/.
+    # JupyterLab with the extension on, half_plus_two served under {base_url}tfserve/, the TF Serving
+    # panel on the left and the quickstart notebook open.
     root_flag=()
     if [ "$(id -u)" = 0 ]; then root_flag=(--allow-root); fi
-    exec "$VENV/bin/jupyter" lab --TFServeExtension.demo_model=True "${root_flag[@]}" "$@"
+    exec "$VENV/bin/jupyter" lab --TFServeExtension.demo_model=True \
+      --ServerApp.default_url=/lab/tree/notebooks/01-quickstart.ipynb "${root_flag[@]}" "$@"
     ;;
   serve-demo)
     setup
