@@ -21,6 +21,7 @@ import {
 } from './api';
 import { createSparkline, updateSparkline } from './sparkline';
 import { formatMs, formatRate, modelStats } from './stats';
+import { element } from './dom';
 
 export const PANEL_REFRESH_MS = 2000;
 
@@ -37,21 +38,6 @@ export interface IModelActions {
 export interface ISnapshot {
   engine: IEngineStatus | null;
   models: IModel[] | null;
-}
-
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className?: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (className) {
-    node.className = className;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
 }
 
 const ACTIONS: Array<[keyof IModelActions, string, string]> = [
