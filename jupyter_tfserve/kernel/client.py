@@ -27,13 +27,13 @@ import numpy as np
 import requests
 import tornado.httpclient
 
+from ..engine.routing import ROUTE_KEY_HEADER, VERSION_HEADER
 from ..server.auth import ENGINE_SECRET_HEADER
 from . import private_engine
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_SECONDS = 120
-VERBS = ("predict", "classify", "regress", "metadata", "status")
 
 
 class TFServeError(Exception):
@@ -370,14 +370,14 @@ class TFServeClient:
         body: dict[str, Any] = {"instances": _as_json_data(data)}
         if signature_name:
             body["signature_name"] = signature_name
-        headers = {"X-TFServe-Route-Key": route_key} if route_key else None
+        headers = {ROUTE_KEY_HEADER: route_key} if route_key else None
         started = time.perf_counter()
         response = self._request("POST", "serving", self._model_path(name, version, label) + ":predict", json=body,
                                  headers=headers)
         latency_ms = (time.perf_counter() - started) * 1000
         answer = self._answer(response)
         outputs = answer.get("predictions", answer.get("outputs"))
-        return Prediction(_as_arrays(outputs), response.headers.get("X-TFServe-Model-Version"), latency_ms)
+        return Prediction(_as_arrays(outputs), response.headers.get(VERSION_HEADER), latency_ms)
 
     def status(self, name: str, version: int | None = None) -> dict:
         return self._answer(self._request("GET", "serving", self._model_path(name, version)))

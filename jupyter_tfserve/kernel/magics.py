@@ -16,7 +16,8 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from .client import VERBS, TFServeClient, TFServeError, default_client
+from ..server.auth import SHARE_VERBS
+from .client import TFServeClient, TFServeError, default_client
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -139,7 +140,7 @@ def _parsers() -> dict[str, _Parser]:
     p = parsers["share"] = parser("share", "A share token for one model (or --revoke ID, --list).")
     p.add_argument("name", nargs="?")
     p.add_argument("--expires", default=None, help="lifetime, e.g. 2h, 30m, 7d (default: the server's, 24 h)")
-    p.add_argument("--verbs", default="predict,metadata", help=f"comma-separated, from {','.join(VERBS)}")
+    p.add_argument("--verbs", default="predict,metadata", help=f"comma-separated, from {','.join(SHARE_VERBS)}")
     p.add_argument("--description", default="")
     p.add_argument("--revoke", metavar="ID")
     p.add_argument("--list", action="store_true")

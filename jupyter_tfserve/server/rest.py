@@ -18,13 +18,12 @@ from ..engine import tensors
 from ..engine.engine import Answer, Engine, Target
 from ..engine.errors import Code, ServingError, invalid_argument
 from ..engine.manager import status_to_json
-from ..engine.routing import ROUTE_KEY_HEADER
+from ..engine.routing import ROUTE_KEY_HEADER, VERSION_HEADER
 from .auth import ENGINE_SECRET_HEADER, Access, Authenticator
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-VERSION_HEADER = "X-TFServe-Model-Version"
 MAX_DISCARDED_BODY_BYTES = 1024 * 1024 * 1024
 
 _MODEL_PATH = re.compile(

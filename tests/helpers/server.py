@@ -22,22 +22,64 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ServerProcess:
+class ChildProcess:
+    """A process under test writing to a log file: wait for a condition on it, read its log, stop it."""
+
+    what = "server"
+    wait_timeout = 60.0
+    stop_timeout = 20.0
+
+    def _spawn(self, command: Sequence[str], log_path: Path, env: dict[str, str], log_mode: str = "wb") -> None:
+        self.log_path = log_path
+        self._log = open(log_path, log_mode)  # noqa: SIM115 - closed in _terminate()
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float | None = None,
+                   what: str = "condition") -> None:
+        timeout = self.wait_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.what} exited with {self.process.returncode} while waiting for "
+                                     f"{what}:\n" + self.log_text()[-4000:])
+            try:
+                if condition():
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; {self.what} log:\n"
+                             + self.log_text()[-4000:])
+
+    def _terminate(self) -> int:
+        """SIGTERM, then SIGKILL if it lingers; closes the log."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+        return self.process.returncode
+
+
+class ServerProcess(ChildProcess):
     """One engine process with its own ports and log file."""
 
     def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.grpc_port = free_port()
         self.rest_port = free_port()
-        self.log_path = log_path
         command = [
             sys.executable, "-m", "jupyter_tfserve", "serve",
             f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
             "--file_system_poll_wait_seconds=0.2", *args,
         ]
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        process_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-                                        env=process_env)
+        self._spawn(command, log_path, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
         self.session = requests.Session()
 
     @property
@@ -48,10 +90,6 @@ class ServerProcess:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def log_text(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
     def get(self, path: str, **kwargs) -> requests.Response:
         return self.session.get(self.url + path, timeout=30, **kwargs)
 
@@ -61,20 +99,6 @@ class ServerProcess:
         elif body is not None:
             kwargs["data"] = body
         return self.session.post(self.url + path, timeout=30, **kwargs)
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode} while waiting for {what}:\n"
-                                     + self.log_text()[-4000:])
-            try:
-                if condition():
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}; server log:\n" + self.log_text()[-4000:])
 
     def states(self, model: str) -> dict[int, str]:
         response = self.get(f"/v1/models/{model}")
@@ -97,16 +121,8 @@ class ServerProcess:
         self.wait_until(lambda: self.get("/healthz").status_code == 200, timeout, "the REST port")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
         self.session.close()
-        self._log.close()
-        return self.process.returncode
+        return self._terminate()
 
 
 def run_cli(args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
