@@ -75,7 +75,8 @@ case "$cmd" in
     root_flag=()
     if [ "$(id -u)" = 0 ]; then root_flag=(--allow-root); fi
     exec "$VENV/bin/jupyter" lab --TFServeExtension.demo_model=True \
-      --ServerApp.default_url=/lab/tree/notebooks/01-quickstart.ipynb "${root_flag[@]}" "$@"
+      --ServerApp.default_url=/lab/tree/notebooks/01-quickstart.ipynb \
+      --LabApp.default_url=/lab/tree/notebooks/01-quickstart.ipynb "${root_flag[@]}" "$@"
     ;;
   serve-demo)
     setup
