@@ -16,19 +16,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 
+try:  # an accelerator for the common request (one dense float tensor); everything works without it
+    import simdjson
+except ImportError:  # pragma: no cover - pysimdjson is a dependency, but has no wheel on some platforms
+    simdjson = None
+
 from .errors import ServingError, invalid_argument
 from .signature import (
     DT_BFLOAT16,
     DT_COMPLEX64,
     DT_COMPLEX128,
+    DT_DOUBLE,
+    DT_FLOAT,
     DT_HALF,
     DT_STRING,
     DTYPE_NAMES,
@@ -78,6 +87,149 @@ def parse_json_body(body: bytes) -> dict:
     if not isinstance(value, dict):
         raise invalid_argument(f"JSON Parse error: the request body must be a JSON object, not {_describe(value)}")
     return value
+
+
+# -- the fast path for one dense float tensor ------------------------------------------------------
+
+# Below this size orjson's nested lists cost less than the fast path's fixed overhead.
+FAST_PATH_MIN_BYTES = 1024
+_FAST_TENSOR_KEYS = ("instances", "inputs")
+_FAST_ALLOWED_KEYS = frozenset((*_FAST_TENSOR_KEYS, "signature_name"))
+_FLOAT_TF_DTYPES = frozenset((DT_HALF, DT_FLOAT, DT_DOUBLE))
+_parsers = threading.local()
+
+
+class DenseNumbers:
+    """A JSON array holding only numbers, parsed to float64 in its dense shape, with the body it came from.
+
+    It stands in for the nested lists orjson would give. A float input takes the
+    values as they are (no Python float or list is ever made); any other input, or a
+    value the float path cannot vouch for, re-parses the body the ordinary way, so
+    every rule and error message of :func:`decode_predict_request` still applies.
+    """
+
+    __slots__ = ("body", "key", "values")
+
+    def __init__(self, values: np.ndarray, key: str, body: bytes) -> None:
+        self.values = values
+        self.key = key
+        self.body = body
+
+    def materialize(self) -> Any:
+        """The value as orjson parses it (nested lists)."""
+        return parse_json_body(self.body)[self.key]
+
+    def as_input(self, signature: SignatureSpec) -> dict[str, np.ndarray] | None:
+        """The array for a one-input float signature, exactly as the ordinary path would give it; else None."""
+        if len(signature.inputs) != 1:
+            return None
+        (spec,) = signature.inputs.values()
+        if spec.tf_dtype not in _FLOAT_TF_DTYPES:
+            return None
+        raw = self.values
+        target = spec.dtype
+        limit = (1 << (np.finfo(target).nmant + 1)) - 1
+        if np.abs(raw).max() > limit and (raw == np.trunc(raw)).all():
+            return None  # maybe all JSON integers, which the ordinary path checks for exactness
+        with np.errstate(over="ignore"):
+            array = raw.astype(target, copy=False)
+        if target.itemsize < raw.dtype.itemsize and not np.isfinite(array).all():
+            _check_float_range(raw, array, spec)
+        return {spec.key: array}
+
+
+def parse_predict_body(body: bytes) -> dict:
+    """Like :func:`parse_json_body`, but a dense numeric tensor comes back as :class:`DenseNumbers`.
+
+    A :predict body is usually one tensor of floats: 784 of them for an MNIST image,
+    3072 for a CIFAR one. orjson makes a Python float and list for every value and
+    numpy then walks them (about 0.5 ms for 3072); simdjson reads the numbers straight
+    into a buffer and the array's density is checked on its bytes (0.15 ms for 3072 in all).
+    Anything else (objects, strings, b64, NaN, ragged or empty arrays, invalid JSON)
+    goes the ordinary way.
+    """
+    if simdjson is not None and len(body) >= FAST_PATH_MIN_BYTES:
+        request = _parse_dense(body)
+        if request is not None:
+            return request
+    return parse_json_body(body)
+
+
+def _parse_dense(body: bytes) -> dict | None:
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    try:
+        document = parser.parse(body)
+    except Exception:  # invalid JSON, or valid only for the stdlib parser: the ordinary path explains
+        return None
+    value = None
+    try:
+        if not isinstance(document, simdjson.Object):
+            return None
+        keys = list(document.keys())
+        tensor_keys = [key for key in keys if key in _FAST_TENSOR_KEYS]
+        if len(tensor_keys) != 1 or len(set(keys)) != len(keys) or not _FAST_ALLOWED_KEYS.issuperset(keys):
+            return None
+        request: dict[str, Any] = {}
+        if "signature_name" in keys:
+            name = document["signature_name"]
+            # Its text must not hold a bracket, for the density check.
+            if not isinstance(name, str) or "[" in name or "]" in name:
+                return None
+            request["signature_name"] = name
+        key = tensor_keys[0]
+        value = document[key]
+        if not isinstance(value, simdjson.Array):
+            return None
+        try:
+            flat = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
+        except (TypeError, ValueError):  # a non-number somewhere
+            return None
+        shape = _first_shape(value)
+    finally:
+        # The parser can only be reused once no proxy into its document is alive.
+        del document, value
+    if not flat.size or len(shape) > _MAX_DEPTH or math.prod(shape) != flat.size or not _is_dense(body, shape):
+        return None
+    request[key] = DenseNumbers(flat.reshape(shape), key, body)
+    return request
+
+
+def _first_shape(array: Any) -> tuple[int, ...]:
+    """The shape implied by the first element at each depth (simdjson proxies: no values are made)."""
+    shape = []
+    while isinstance(array, simdjson.Array):
+        shape.append(len(array))
+        if not shape[-1]:
+            break
+        array = array[0]
+    return tuple(shape)
+
+
+def _is_dense(body: bytes, shape: tuple[int, ...]) -> bool:
+    """Whether the body's only array has exactly ``shape``: its brackets and commas, and nothing else, must
+    read as a dense array of that shape would (``[[,],[,]]`` for 2x2).
+
+    Valid only when the array holds numbers and lists only and no other text of the body
+    has a bracket (the caller checks both), so deleting number characters and whitespace
+    leaves the array's structure alone.
+    """
+    start, end = body.find(b"["), body.rfind(b"]")
+    if start < 0 or end < start:
+        return False
+    return body[start:end + 1].translate(None, _NUMBER_CHARACTERS) == _dense_structure(shape)
+
+
+_NUMBER_CHARACTERS = b"0123456789.eE+- \t\r\n"
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_structure(shape: tuple[int, ...]) -> bytes:
+    if len(shape) == 1:
+        return b"[" + b"," * (shape[0] - 1) + b"]"
+    inner = _dense_structure(shape[1:])
+    return b"[" + b",".join([inner] * shape[0]) + b"]"
 
 
 def _is_b64(value: Any) -> bool:
@@ -368,6 +520,11 @@ def decode_predict_request(request: dict, signature: SignatureSpec) -> tuple[dic
 
 
 def _decode_rows(instances: Any, signature: SignatureSpec) -> dict[str, np.ndarray]:
+    if isinstance(instances, DenseNumbers):
+        dense = instances.as_input(signature)
+        if dense is not None:
+            return dense
+        instances = instances.materialize()
     specs = signature.inputs
     if not isinstance(instances, list):
         raise invalid_argument(f"\"instances\" must be a list, not {_describe(instances)}")
@@ -402,6 +559,11 @@ def _decode_rows(instances: Any, signature: SignatureSpec) -> dict[str, np.ndarr
 
 
 def _decode_columns(inputs: Any, signature: SignatureSpec) -> dict[str, np.ndarray]:
+    if isinstance(inputs, DenseNumbers):
+        dense = inputs.as_input(signature)
+        if dense is not None:
+            return dense
+        inputs = inputs.materialize()
     specs = signature.inputs
     if _is_named(inputs):
         for key in inputs:

@@ -199,7 +199,7 @@ class ModelHandler(_Base):
                 access.require(target.name, None)
                 raise self.malformed()
             access.require(target.name, verb)
-            request = tensors.parse_json_body(body)
+            request = tensors.parse_predict_body(body) if verb == "predict" else tensors.parse_json_body(body)
             signature_name = request.get("signature_name", "")
             if not isinstance(signature_name, str):
                 raise invalid_argument("'signature_name' attribute must be a string")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import grpc
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from jupyter_tfserve.engine import tensors
 from tests.helpers.models import keras_reference_predict
 
 
@@ -89,3 +91,21 @@ def test_tf1_reference_variable_counter(server):
     call("reset_counter")
     assert [call("incr_counter"), call("incr_counter"), call("incr_counter_by", {"delta": 3.0})] == [1.0, 2.0, 5.0]
     assert call("get_counter") == 5.0
+
+
+def test_large_dense_and_ragged_bodies_over_rest(server):
+    """Bodies big enough for the simdjson fast path answer as small ones do, and a ragged one is refused."""
+    x = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
+    body = json.dumps({"instances": x.tolist()})
+    assert len(body) > tensors.FAST_PATH_MIN_BYTES
+    response = server.post("/v1/models/keras:predict", body)
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["predictions"], keras_reference_predict(x), rtol=1e-5, atol=1e-6)
+    columnar = server.post("/v1/models/keras:predict", json.dumps({"inputs": x.tolist()}))
+    np.testing.assert_allclose(columnar.json()["outputs"], keras_reference_predict(x), rtol=1e-5, atol=1e-6)
+    ragged = x.tolist()
+    ragged[1] = ragged[1][:3]
+    ragged[2] = ragged[2] + [0.5]  # same count of numbers as a dense 200x4
+    response = server.post("/v1/models/keras:predict", json.dumps({"instances": ragged}))
+    assert response.status_code == 400
+    assert "ragged: instance 1 has shape [3]" in response.json()["error"], response.json()
