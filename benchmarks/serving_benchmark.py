@@ -9,7 +9,9 @@ Builds half_plus_two (TF Serving's, from ../shared when present), an MLP 784-512
   - jupyter-tfserve with batching off and on, over REST (wrk) and gRPC (grpc.aio client process);
   - a hand-written FastAPI endpoint (uvicorn) that calls the model per request;
   - LitServe with its batching on;
-  - the HTTP ceiling: a no-op tornado handler.
+  - the HTTP ceiling: a no-op tornado handler;
+  - overload: the CNN behind a small batching queue, hit by more concurrent requests than it may queue,
+    with answers counted and timed by status (every one must be 200 or a quick 503).
 Prints a table and the target ratios; writes results/serving.json and results/serving.png.
 """
 
@@ -171,13 +173,23 @@ class Server:
             self.process.kill()
 
 
-def start_engine(models: list[Model], directory: Path, batching: bool) -> tuple[Server, int, int]:
+# One batch at a time: TensorFlow already spreads a batch over both cores (intra-op threads), and two
+# batches at once on 2 cores ran the CNN 10-15% slower (smaller batches, threads fighting for cores).
+BATCHING = ("max_batch_size { value: 64 } batch_timeout_micros { value: 0 } "
+            "max_enqueued_batches { value: 64 } num_batch_threads { value: 1 }")
+# Room for 4 batches of 16 CNN images: far fewer than the overload phase's concurrent requests.
+OVERLOAD_BATCHING = ("max_batch_size { value: 16 } batch_timeout_micros { value: 0 } "
+                     "max_enqueued_batches { value: 4 } num_batch_threads { value: 1 }")
+OVERLOAD_CONCURRENCY = 128
+
+
+def start_engine(models: list[Model], directory: Path, batching: bool,
+                 batching_parameters: str = BATCHING) -> tuple[Server, int, int]:
     config = directory / "models.config"
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{m.name}" base_path: "{m.base_path}" }}\n' for m in models) + "}\n")
     params = directory / "batching.config"
-    params.write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 0 } "
-                      "max_enqueued_batches { value: 64 } num_batch_threads { value: 2 }")
+    params.write_text(batching_parameters)
     rest, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "jupyter_tfserve", "serve", f"--rest_api_port={rest}", f"--port={grpc_port}",
                f"--model_config_file={config}", "--log_level=WARNING"]
@@ -224,6 +236,28 @@ def run_grpc(target: str, request_file: Path, concurrency: int, seconds: float) 
     return json.loads(line)
 
 
+def overload(model: Model, directory: Path, seconds: float) -> dict:
+    """More concurrent requests than the batching queue may hold: each must get 200 or a quick 503."""
+    server, rest, _ = start_engine([model], directory, True, OVERLOAD_BATCHING)
+    try:
+        url = f"http://127.0.0.1:{rest}/v1/models/{model.name}:predict"
+        run_wrk(url, directory / f"{model.name}.json", 8, 1)
+        progress(f"overload: {model.name}, {OVERLOAD_CONCURRENCY} concurrent requests, queue of 4 x 16")
+        output = subprocess.run([sys.executable, str(HERE / "http_load.py"), url, str(directory / f"{model.name}.json"),
+                                 str(OVERLOAD_CONCURRENCY), str(seconds)], capture_output=True, text=True,
+                                timeout=seconds + 120)
+        line = next((line for line in output.stdout.splitlines() if line.startswith("{")), None)
+        if line is None:
+            raise SystemExit(f"HTTP load failed: {output.stderr[-2000:]}")
+        report = json.loads(line)
+    finally:
+        server.stop()
+    by_status = report["by_status"]
+    return {"model": model.name, "concurrency": OVERLOAD_CONCURRENCY, "seconds": report["seconds"],
+            "batching": OVERLOAD_BATCHING, "by_status": by_status,
+            "other_answers": sum(v["count"] for k, v in by_status.items() if k not in ("200", "503"))}
+
+
 def measure(load: dict, model: str, server: str, protocol: str, concurrency: int,
             cpu: float | None = None) -> Result:
     rate = load["requests"] / load["seconds"]
@@ -258,7 +292,7 @@ def find(results: list[Result], model: str, server: str, protocol: str, concurre
     return None
 
 
-def targets(results: list[Result], limits: dict) -> list[tuple[str, float, str, bool]]:
+def targets(results: list[Result], limits: dict, flood: dict | None = None) -> list[tuple[str, float, str, bool]]:
     rows = []
 
     def ratio(label, value, goal, ok):
@@ -302,6 +336,13 @@ def targets(results: list[Result], limits: dict) -> list[tuple[str, float, str, 
             ratio(f"MLP {protocol} c1 p50 - in-process p50 (ms)", value, f"<= {goal}", value <= goal)
     errors = sum(r.errors for r in results if r.server.startswith("jupyter-tfserve"))
     ratio("failed requests to jupyter-tfserve", errors, "== 0", errors == 0)
+    if flood is not None:
+        served, refused = flood["by_status"].get("200"), flood["by_status"].get("503")
+        ratio("overload: answers other than 200 or 503", flood["other_answers"], "== 0", flood["other_answers"] == 0)
+        ratio("overload: requests refused with 503", refused["count"] if refused else 0, "> 0", bool(refused))
+        if served and refused:
+            value = refused["p99_ms"] / served["p50_ms"]
+            ratio("overload: 503 p99 / 200 p50 (refusals come back before answers)", value, "< 1", value < 1)
     return rows
 
 
@@ -401,6 +442,8 @@ def main() -> None:
                 results += rest_runs(litserve, url, root / f"{model.name}.json", model.name, seconds)
             finally:
                 litserve.stop()
+        cnn = next((m for m in models if m.name == "cnn"), None)
+        flood = overload(cnn, root, seconds) if cnn is not None else None
         port = free_port()
         noop = Server("tornado no-op", [sys.executable, str(HERE / "baselines" / "noop_tornado.py"), str(port)],
                       f"http://127.0.0.1:{port}/", ready_check=lambda r: True)
@@ -422,13 +465,19 @@ def main() -> None:
     for name, limit in limits.items():
         print(f"in-process limit {name}: best {limit['best_items_per_s']:.0f} items/s, "
               f"p50 at batch 1 {limit['p50_ms_batch1']:.3f} ms")
+    if flood is not None:
+        print()
+        print(f"overload ({flood['model']}, {flood['concurrency']} concurrent, {flood['batching']}):")
+        for status, stats in flood["by_status"].items():
+            print(f"  {status}: {stats['count']} answers ({stats['count'] / flood['seconds']:.0f}/s), "
+                  f"p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms")
     print()
-    rows = targets(results, limits)
+    rows = targets(results, limits, flood)
     for label, value, goal, ok in rows:
         print(f"{'MET    ' if ok else 'NOT MET'} {label}: {value:.3f} (target {goal})")
     (RESULTS / "serving.json").write_text(json.dumps({
         "machine": {"cpus": os.cpu_count()}, "seconds_per_run": seconds, "in_process_limits": limits,
-        "results": [asdict(r) for r in results],
+        "results": [asdict(r) for r in results], "overload": flood,
         "targets": [{"label": label, "value": value, "target": goal, "met": ok} for label, value, goal, ok in rows],
     }, indent=1))
     plot(results, RESULTS / "serving.png")

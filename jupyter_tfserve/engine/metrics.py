@@ -69,6 +69,7 @@ class EngineMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Histogram, tuple[str, ...]], Histogram] = {}
         self._counters = _ExactCounters()
         self._counters.declare(self.REQUEST_COUNT, "The total number of requests.", ("model_name", "status"))
         self.request_latency = Histogram(
@@ -123,10 +124,18 @@ class EngineMetrics:
 
     def record_request(self, model_name: str, api: str, entrypoint: str, status: str, latency_us: float) -> None:
         self._counters.inc(self.REQUEST_COUNT, (model_name, status))
-        self.request_latency.labels(model_name, api, entrypoint).observe(latency_us)
+        self._child(self.request_latency, (model_name, api, entrypoint)).observe(latency_us)
 
     def record_runtime(self, model_name: str, api: str, latency_us: float) -> None:
-        self.runtime_latency.labels(model_name, api, "TF1").observe(latency_us)
+        self._child(self.runtime_latency, (model_name, api, "TF1")).observe(latency_us)
+
+    def _child(self, histogram: Histogram, labels: tuple[str, ...]) -> Histogram:
+        """A histogram's child for these labels, looked up once: ``labels()`` validates and locks on every call."""
+        key = (histogram, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = histogram.labels(*labels)
+        return child
 
     def batch_observer(self, model_name: str, signature_name: str) -> BatchMetrics:
         return BatchMetrics(self, model_name, signature_name)
