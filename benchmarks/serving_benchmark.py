@@ -346,7 +346,7 @@ def targets(results: list[Result], limits: dict, flood: dict | None = None) -> l
     return rows
 
 
-def plot(results: list[Result], path: Path) -> None:
+def plot(results: list[Result], path: Path, limits: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -369,6 +369,8 @@ def plot(results: list[Result], path: Path) -> None:
             axes[row][column].set_xlabel("concurrency")
             axes[row][column].set_title(f"{model}: {label}")
             axes[row][column].grid(alpha=0.3)
+        if model in limits:
+            axes[0][column].set_title(f"{model}: items/s (in-process limit {limits[model]['best_items_per_s']:,.0f})")
         axes[1][column].set_yscale("log")
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
@@ -480,7 +482,7 @@ def main() -> None:
         "results": [asdict(r) for r in results], "overload": flood,
         "targets": [{"label": label, "value": value, "target": goal, "met": ok} for label, value, goal, ok in rows],
     }, indent=1))
-    plot(results, RESULTS / "serving.png")
+    plot(results, RESULTS / "serving.png", limits)
     progress(f"wrote {RESULTS / 'serving.json'} and {RESULTS / 'serving.png'} "
              f"({time.monotonic() - started:.0f} s in all)")
 
