@@ -1,9 +1,12 @@
 """Server-side batching with TF Serving's ``BatchingParameters`` semantics, on asyncio.
 
 One :class:`BatchScheduler` serves one signature of one servable (TF Serving: one queue
-of a ``SharedBatchScheduler`` per servable signature). Everything the scheduler owns is
-touched only on the event loop thread, so it needs no locks; only the concatenation, the
-model call and the output checks run in an executor thread.
+of a ``SharedBatchScheduler`` per servable signature). Requests are queued on the event
+loop; a batch thread, once started, runs batches back to back, taking the next one itself
+(under a lock) instead of handing back to the event loop between batches. A busy event
+loop (parsing hundreds of requests, refusing the overflow) therefore never leaves the
+model idle, as TF Serving's batch threads are not. Answers are handed to the callers on
+the event loop.
 
 How batches form (as TF Serving's ``SharedBatchScheduler``):
 
@@ -41,11 +44,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import functools
 import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -275,9 +278,11 @@ class BatchScheduler:
         self._executor = executor
         self.name = name
         self._observer = observer
+        self._lock = threading.Lock()  # guards the queue: the event loop fills it, batch threads take from it
         self._open: dict[tuple, _Batch] = {}  # one open batch per shape class, oldest first
         self._closed: deque[_Batch] = deque()
         self._running = 0
+        self._loop_thread: int | None = None
         self._closing = False
         self._drained: asyncio.Future | None = None
 
@@ -297,23 +302,25 @@ class BatchScheduler:
     def update_options(self, options: BatchingOptions) -> None:
         """Switch options without losing a queued request; see the module docstring for what changes when."""
         options.validate()
-        old, self._options = self._options, options
-        regroup = old.pad_variable_length_inputs != options.pad_variable_length_inputs
-        for batch in list(self._open.values()):
-            if regroup or batch.size >= options.execution_batch_size:
-                self._close(batch)  # keeps the options it was formed under
-                continue
-            batch.options = options
-            if batch.timer is not None:
-                batch.timer.cancel()
-                batch.timer = None
-            timeout = options.batch_timeout_micros / 1e6
-            remaining = batch.created + timeout - time.perf_counter()
-            if options.batch_timeout_micros == 0 or remaining <= 0 or self._closing:
-                batch.timed_out = True
-            else:
-                batch.timed_out = False
-                batch.timer = asyncio.get_running_loop().call_later(remaining, self._on_timeout, batch)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            old, self._options = self._options, options
+            regroup = old.pad_variable_length_inputs != options.pad_variable_length_inputs
+            for batch in list(self._open.values()):
+                if regroup or batch.size >= options.execution_batch_size:
+                    self._close(batch)  # keeps the options it was formed under
+                    continue
+                batch.options = options
+                if batch.timer is not None:
+                    batch.timer.cancel()
+                    batch.timer = None
+                timeout = options.batch_timeout_micros / 1e6
+                remaining = batch.created + timeout - time.perf_counter()
+                if options.batch_timeout_micros == 0 or remaining <= 0 or self._closing:
+                    batch.timed_out = True
+                else:
+                    batch.timed_out = False
+                    batch.timer = loop.call_later(remaining, self._on_timeout, batch)
         self._dispatch()
 
     async def submit(self, inputs: Inputs) -> Inputs:
@@ -330,7 +337,9 @@ class BatchScheduler:
         if size > options.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{options.max_batch_size}")
-        futures = self._enqueue(inputs, size, options)
+        with self._lock:
+            futures = self._enqueue(inputs, size, options)
+        self._dispatch()
         if len(futures) == 1:
             return await futures[0]
         parts = await asyncio.gather(*futures)
@@ -338,17 +347,18 @@ class BatchScheduler:
 
     async def close(self) -> None:
         """Refuse new requests (UNAVAILABLE), run everything already queued, then return."""
-        self._closing = True
-        for batch in self._open.values():
-            if batch.timer is not None:
-                batch.timer.cancel()
-                batch.timer = None
+        with self._lock:
+            self._closing = True
+            for batch in self._open.values():
+                if batch.timer is not None:
+                    batch.timer.cancel()
+                    batch.timer = None
         if self._drained is None:
             self._drained = asyncio.get_running_loop().create_future()
         self._dispatch()
         await asyncio.shield(self._drained)
 
-    # -- queueing (event loop only) ----------------------------------------------------------
+    # -- queueing (event loop, under the lock) --------------------------------------------------
 
     def _enqueue(self, inputs: Inputs, size: int, options: BatchingOptions) -> list[asyncio.Future]:
         """Place a request (or its chunks) in batches, all or nothing, and return its future(s)."""
@@ -361,7 +371,6 @@ class BatchScheduler:
         if batch is not None and size <= room:  # the common case: it fits in the open batch
             future = loop.create_future()
             self._append(batch, _Task(inputs, size, future, now))
-            self._dispatch()
             return [future]
         if not options.enable_large_batch_splitting or size == 0:
             self._check_room(1, options)
@@ -369,7 +378,6 @@ class BatchScheduler:
                 self._close(batch)
             future = loop.create_future()
             self._append(self._new_batch(key, options, now, loop), _Task(inputs, size, future, now))
-            self._dispatch()
             return [future]
         # Large batch splitting: top up the open batch, then fill new batches of `limit` items.
         self._check_room(math.ceil((size - room) / limit), options)
@@ -386,7 +394,6 @@ class BatchScheduler:
             start = stop
             if self._open.get(key) is not batch:
                 batch = None  # it filled up and was closed
-        self._dispatch()
         return futures
 
     def _check_room(self, new_batches: int, options: BatchingOptions) -> None:
@@ -417,8 +424,9 @@ class BatchScheduler:
         self._closed.append(batch)
 
     def _on_timeout(self, batch: _Batch) -> None:
-        batch.timer = None
-        batch.timed_out = True
+        with self._lock:
+            batch.timer = None
+            batch.timed_out = True
         self._dispatch()
 
     def _next_batch(self) -> _Batch | None:
@@ -435,77 +443,110 @@ class BatchScheduler:
             self._closed.popleft()
         else:
             del self._open[candidate.key]
-            if candidate.timer is not None:
+            # A timer may only be cancelled on the event loop; from a batch thread it is left to
+            # fire, and finds its batch gone from the queue.
+            if candidate.timer is not None and threading.get_ident() == self._loop_thread:
                 candidate.timer.cancel()
                 candidate.timer = None
         return candidate
 
-    def _dispatch(self) -> None:
-        while self._running < self._options.num_batch_threads:
+    def _take(self) -> tuple[_Batch, list[_Task]] | None:
+        """Under the lock: the next batch to run, with its callers still waiting (cancelled ones dropped)."""
+        while True:
             batch = self._next_batch()
             if batch is None:
-                break
-            tasks = [task for task in batch.tasks if not task.future.done()]  # drop cancelled callers
+                return None
+            tasks = [task for task in batch.tasks if not task.future.done()]
             if tasks:
-                self._start(batch, tasks)
+                return batch, tasks
+
+    def _dispatch(self) -> None:
+        """Event loop: start batch threads while there is work and a thread to spare."""
+        loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        while True:
+            with self._lock:
+                if self._running >= self._options.num_batch_threads:
+                    break
+                taken = self._take()
+                if taken is None:
+                    break
+                self._running += 1
+            try:
+                loop.run_in_executor(self._executor, self._work, *taken, loop)
+            except RuntimeError as error:  # the executor was shut down under us
+                with self._lock:
+                    self._running -= 1
+                _fail(taken[1], unavailable(f"The batch scheduler {self.name} cannot run batches: {error}"))
+                break
+        self._check_drained()
+
+    def _check_drained(self) -> None:
         drained = self._drained
         if drained is not None and not drained.done() and not (self._running or self._closed or self._open):
             drained.set_result(None)
 
-    def _start(self, batch: _Batch, tasks: list[_Task]) -> None:
-        size = sum(task.size for task in tasks)
-        processed = _padded_size(size, batch.options.allowed_batch_sizes)
-        loop = asyncio.get_running_loop()
-        work = functools.partial(_process, self._run_batch, [task.inputs for task in tasks], size, processed,
-                                 batch.options.pad_variable_length_inputs)
-        try:
-            future = loop.run_in_executor(self._executor, work)
-        except RuntimeError as error:  # the executor was shut down under us
-            _fail(tasks, unavailable(f"The batch scheduler {self.name} cannot run batches: {error}"))
-            return
-        self._running += 1
-        future.add_done_callback(functools.partial(self._finish, tasks))
-        if self._observer is not None:
-            started = time.perf_counter()
+    def _work(self, batch: _Batch, tasks: list[_Task], loop: asyncio.AbstractEventLoop) -> None:
+        """Batch thread: run batches back to back while the queue has one ready, then return the thread."""
+        while True:
+            size = sum(task.size for task in tasks)
+            processed = _padded_size(size, batch.options.allowed_batch_sizes)
+            self._observe(tasks, size, processed)
+            outputs, error = None, None
             try:
-                self._observer.on_batch(
-                    queue_latencies_us=[(started - task.enqueued) * 1e6 for task in tasks],
-                    input_batch_size=size,
-                    processed_batch_size=processed,
-                    padding_size=processed - size,
-                )
-            except Exception:
-                log.exception("batch observer of %s failed", self.name)
+                outputs = _process(self._run_batch, [task.inputs for task in tasks], size, processed,
+                                   batch.options.pad_variable_length_inputs)
+            except Exception as caught:  # delivered to the batch's callers
+                error = caught
+            with self._lock:
+                taken = self._take() if self._running <= self._options.num_batch_threads else None
+                if taken is None:
+                    self._running -= 1
+            try:
+                loop.call_soon_threadsafe(self._deliver, tasks, outputs, error)
+                if taken is None:
+                    loop.call_soon_threadsafe(self._check_drained)
+            except RuntimeError:  # the event loop is closed: nobody waits for these answers any more
+                pass
+            if taken is None:
+                return
+            batch, tasks = taken
 
-    def _finish(self, tasks: list[_Task], future: asyncio.Future) -> None:
-        self._running -= 1
+    def _observe(self, tasks: list[_Task], size: int, processed: int) -> None:
+        if self._observer is None:
+            return
+        started = time.perf_counter()
         try:
-            if future.cancelled():
-                _fail(tasks, unavailable(f"The batch of {self.name} was cancelled"))
-                return
-            error = future.exception()
-            if error is not None:
-                if not isinstance(error, ServingError):
-                    log.debug("batch of %s failed", self.name, exc_info=error)
-                    error = ServingError(Code.INTERNAL, str(error) or type(error).__name__)
-                _fail(tasks, error)
-                return
-            outputs = future.result()
-            if len(tasks) == 1:
-                task = tasks[0]
-                if not task.future.done():
-                    processed = next(iter(outputs.values())).shape[0] if outputs else task.size
-                    task.future.set_result(outputs if processed == task.size else
-                                           {k: v[:task.size] for k, v in outputs.items()})
-                return
-            offset = 0
-            for task in tasks:
-                end = offset + task.size
-                if not task.future.done():
-                    task.future.set_result({k: v[offset:end] for k, v in outputs.items()})
-                offset = end
-        finally:
-            self._dispatch()
+            self._observer.on_batch(
+                queue_latencies_us=[(started - task.enqueued) * 1e6 for task in tasks],
+                input_batch_size=size,
+                processed_batch_size=processed,
+                padding_size=processed - size,
+            )
+        except Exception:
+            log.exception("batch observer of %s failed", self.name)
+
+    def _deliver(self, tasks: list[_Task], outputs: Inputs | None, error: BaseException | None) -> None:
+        """Event loop: each caller gets its rows of the batch's outputs, or the batch's error."""
+        if error is not None:
+            if not isinstance(error, ServingError):
+                log.debug("batch of %s failed", self.name, exc_info=error)
+                error = ServingError(Code.INTERNAL, str(error) or type(error).__name__)
+            _fail(tasks, error)
+            return
+        if len(tasks) == 1:
+            task = tasks[0]
+            if not task.future.done():
+                processed = next(iter(outputs.values())).shape[0] if outputs else task.size
+                task.future.set_result(outputs if processed == task.size else
+                                       {k: v[:task.size] for k, v in outputs.items()})
+            return
+        offset = 0
+        for task in tasks:
+            end = offset + task.size
+            if not task.future.done():
+                task.future.set_result({k: v[offset:end] for k, v in outputs.items()})
+            offset = end
 
 
 def _fail(tasks: list[_Task], error: BaseException) -> None:

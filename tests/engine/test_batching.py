@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,6 +103,29 @@ def test_zero_timeout_runs_at_once_and_batches_while_threads_are_busy():
         answers = await asyncio.gather(blocker, *rest)
         assert [first(a) for a in answers] == [0, 2, 4, 6, 8, 10]
         assert model.sizes == [1, 5]
+    run(main())
+
+
+def test_a_batch_thread_runs_queued_batches_while_the_event_loop_is_busy():
+    """TF Serving's batch threads never wait for the front end: ours take the next batch themselves."""
+    async def main():
+        gate = threading.Event()
+        model = Model(gate)
+        scheduler = BatchScheduler(model, BatchingOptions(max_batch_size=2, max_enqueued_batches=4,
+                                                          num_batch_threads=1))
+        blocker = asyncio.ensure_future(scheduler.submit(request(0)))
+        await asyncio.sleep(0)
+        queued = [asyncio.ensure_future(scheduler.submit(request(i))) for i in range(1, 5)]  # [1,2] [3,4]
+        await asyncio.sleep(0)
+        assert model.sizes == [] and scheduler.queued_batches == 2
+        gate.set()
+        deadline = time.monotonic() + 10
+        while len(model.sizes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the event loop is blocked: only the batch thread can move
+        assert model.sizes == [1, 2, 2]
+        answers = await asyncio.gather(blocker, *queued)
+        assert [first(a) for a in answers] == [0, 2, 4, 6, 8]
+        assert scheduler.running_batches == 0
     run(main())
 
 
