@@ -127,15 +127,9 @@ class DenseNumbers:
         if spec.tf_dtype not in _FLOAT_TF_DTYPES:
             return None
         raw = self.values
-        target = spec.dtype
-        limit = (1 << (np.finfo(target).nmant + 1)) - 1
-        if np.abs(raw).max() > limit and (raw == np.trunc(raw)).all():
+        if np.abs(raw).max() > _exact_int_limit(spec.dtype) and (raw == np.trunc(raw)).all():
             return None  # maybe all JSON integers, which the ordinary path checks for exactness
-        with np.errstate(over="ignore"):
-            array = raw.astype(target, copy=False)
-        if target.itemsize < raw.dtype.itemsize and not np.isfinite(array).all():
-            _check_float_range(raw, array, spec)
-        return {spec.key: array}
+        return {spec.key: _floats_to(raw, spec)}
 
 
 def parse_predict_body(body: bytes) -> dict:
@@ -326,7 +320,7 @@ def _lossy_float(item: float | int, target: np.dtype) -> str | None:
     """TF Serving's IsLosslessDecimal: finite numbers must fit the float type, integers exactly."""
     finfo = np.finfo(target)
     if isinstance(item, int):
-        limit = (1 << (finfo.nmant + 1)) - 1
+        limit = _exact_int_limit(target)
         if abs(item) > limit:
             return f"the integer {item}, which {target.name} cannot hold without loss of precision (|x| <= {limit})"
         return None
@@ -413,12 +407,22 @@ def _json_to_array(value: Any, spec: TensorSpec, rows: bool) -> np.ndarray:
         if kind in "iu":
             _check_exact_ints(raw, spec)
         else:
-            with np.errstate(over="ignore"):
-                array = raw.astype(target, copy=False)
-            if target.itemsize < raw.dtype.itemsize and not np.isfinite(array).all():
-                _check_float_range(raw, array, spec)
-            return array
+            return _floats_to(raw, spec)
     return raw.astype(target, copy=False)
+
+
+def _floats_to(raw: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Floats to the input's float dtype; a finite value that overflows it is an error, not an infinity."""
+    with np.errstate(over="ignore"):
+        array = raw.astype(spec.dtype, copy=False)
+    if spec.dtype.itemsize < raw.dtype.itemsize and not np.isfinite(array).all():
+        _check_float_range(raw, array, spec)
+    return array
+
+
+def _exact_int_limit(dtype: np.dtype) -> int:
+    """The largest integer magnitude a float dtype holds exactly (2**24 - 1 for float32)."""
+    return (1 << (np.finfo(dtype).nmant + 1)) - 1
 
 
 def _check_int_range(raw: np.ndarray, spec: TensorSpec) -> None:
@@ -435,7 +439,7 @@ def _check_int_range(raw: np.ndarray, spec: TensorSpec) -> None:
 def _check_exact_ints(raw: np.ndarray, spec: TensorSpec) -> None:
     if not raw.size:
         return
-    limit = (1 << (np.finfo(spec.dtype).nmant + 1)) - 1
+    limit = _exact_int_limit(spec.dtype)
     low, high = int(raw.min()), int(raw.max())
     if low < -limit or high > limit:
         bad = low if low < -limit else high
@@ -512,19 +516,20 @@ def decode_predict_request(request: dict, signature: SignatureSpec) -> tuple[dic
     if has_instances and has_inputs:
         raise invalid_argument("The request body must contain only one of \"instances\" (row format) or "
                                "\"inputs\" (columnar format), not both")
+    if not has_instances and not has_inputs:
+        raise invalid_argument("Missing \"inputs\" or \"instances\" key in the request body")
+    value = request["instances" if has_instances else "inputs"]
+    if isinstance(value, DenseNumbers):
+        dense = value.as_input(signature)
+        if dense is not None:
+            return dense, has_instances
+        value = value.materialize()
     if has_instances:
-        return _decode_rows(request["instances"], signature), True
-    if has_inputs:
-        return _decode_columns(request["inputs"], signature), False
-    raise invalid_argument("Missing \"inputs\" or \"instances\" key in the request body")
+        return _decode_rows(value, signature), True
+    return _decode_columns(value, signature), False
 
 
 def _decode_rows(instances: Any, signature: SignatureSpec) -> dict[str, np.ndarray]:
-    if isinstance(instances, DenseNumbers):
-        dense = instances.as_input(signature)
-        if dense is not None:
-            return dense
-        instances = instances.materialize()
     specs = signature.inputs
     if not isinstance(instances, list):
         raise invalid_argument(f"\"instances\" must be a list, not {_describe(instances)}")
@@ -559,11 +564,6 @@ def _decode_rows(instances: Any, signature: SignatureSpec) -> dict[str, np.ndarr
 
 
 def _decode_columns(inputs: Any, signature: SignatureSpec) -> dict[str, np.ndarray]:
-    if isinstance(inputs, DenseNumbers):
-        dense = inputs.as_input(signature)
-        if dense is not None:
-            return dense
-        inputs = inputs.materialize()
     specs = signature.inputs
     if _is_named(inputs):
         for key in inputs:
