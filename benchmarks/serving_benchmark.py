@@ -235,13 +235,14 @@ def run_wrk(url: str, body_file: Path, concurrency: int, seconds: float, headers
             "seconds": data["duration_us"] / 1e6, "p50_ms": data["p50_us"] / 1000, "p99_ms": data["p99_us"] / 1000}
 
 
-def run_grpc(target: str, request_file: Path, concurrency: int, seconds: float) -> dict:
-    output = subprocess.run([sys.executable, str(HERE / "grpc_load.py"), target, str(request_file),
-                             str(concurrency), str(seconds)], capture_output=True, text=True, timeout=seconds + 120,
+def run_load_script(script: str, target: str, body_file: Path, concurrency: int, seconds: float) -> dict:
+    """One of our own load generators, in its own process; it prints one JSON line of results."""
+    output = subprocess.run([sys.executable, str(HERE / script), target, str(body_file), str(concurrency),
+                             str(seconds)], capture_output=True, text=True, timeout=seconds + 120,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     line = next((line for line in output.stdout.splitlines() if line.startswith("{")), None)
     if line is None:
-        raise SystemExit(f"gRPC load failed: {output.stderr[-2000:]}")
+        raise SystemExit(f"{script} failed: {output.stderr[-2000:]}")
     return json.loads(line)
 
 
@@ -252,13 +253,8 @@ def overload(model: Model, directory: Path, seconds: float) -> dict:
         url = f"http://127.0.0.1:{rest}/v1/models/{model.name}:predict"
         run_wrk(url, directory / f"{model.name}.json", 8, 1)
         progress(f"overload: {model.name}, {OVERLOAD_CONCURRENCY} concurrent requests, queue of 4 x 16")
-        output = subprocess.run([sys.executable, str(HERE / "http_load.py"), url, str(directory / f"{model.name}.json"),
-                                 str(OVERLOAD_CONCURRENCY), str(seconds)], capture_output=True, text=True,
-                                timeout=seconds + 120)
-        line = next((line for line in output.stdout.splitlines() if line.startswith("{")), None)
-        if line is None:
-            raise SystemExit(f"HTTP load failed: {output.stderr[-2000:]}")
-        report = json.loads(line)
+        report = run_load_script("http_load.py", url, directory / f"{model.name}.json", OVERLOAD_CONCURRENCY,
+                                 seconds)
     finally:
         server.stop()
     by_status = report["by_status"]
@@ -426,7 +422,8 @@ def main() -> None:
                     for concurrency in CONCURRENCY:
                         progress(f"{server.name} gRPC {model.name} c{concurrency}")
                         before = server.cpu_seconds()
-                        load = run_grpc(f"127.0.0.1:{grpc_port}", root / f"{model.name}.grpc", concurrency, seconds)
+                        load = run_load_script("grpc_load.py", f"127.0.0.1:{grpc_port}",
+                                               root / f"{model.name}.grpc", concurrency, seconds)
                         results.append(measure(load, model.name, server.name, "gRPC", concurrency,
                                                server.cpu_seconds() - before))
             finally:
