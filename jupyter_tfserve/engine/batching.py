@@ -282,7 +282,6 @@ class BatchScheduler:
         self._open: dict[tuple, _Batch] = {}  # one open batch per shape class, oldest first
         self._closed: deque[_Batch] = deque()
         self._running = 0
-        self._loop_thread: int | None = None
         self._closing = False
         self._drained: asyncio.Future | None = None
 
@@ -443,11 +442,6 @@ class BatchScheduler:
             self._closed.popleft()
         else:
             del self._open[candidate.key]
-            # A timer may only be cancelled on the event loop; from a batch thread it is left to
-            # fire, and finds its batch gone from the queue.
-            if candidate.timer is not None and threading.get_ident() == self._loop_thread:
-                candidate.timer.cancel()
-                candidate.timer = None
         return candidate
 
     def _take(self) -> tuple[_Batch, list[_Task]] | None:
@@ -463,7 +457,6 @@ class BatchScheduler:
     def _dispatch(self) -> None:
         """Event loop: start batch threads while there is work and a thread to spare."""
         loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         while True:
             with self._lock:
                 if self._running >= self._options.num_batch_threads:
@@ -472,6 +465,11 @@ class BatchScheduler:
                 if taken is None:
                     break
                 self._running += 1
+            # Timers live on the event loop, so only here can an open batch's timeout be cancelled;
+            # one taken by a batch thread is left to fire and finds its batch gone from the queue.
+            if taken[0].timer is not None:
+                taken[0].timer.cancel()
+                taken[0].timer = None
             try:
                 loop.run_in_executor(self._executor, self._work, *taken, loop)
             except RuntimeError as error:  # the executor was shut down under us
