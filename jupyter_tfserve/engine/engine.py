@@ -49,6 +49,11 @@ class EngineOptions:
     allow_version_labels_for_unavailable_models: bool = False
     num_load_threads: int = 2
     num_request_threads: int = 0
+    # TF Serving's --prefer_tflite_model: serve <version>/model.tflite when a version has one.
+    prefer_tflite_model: bool = False
+    # TF Serving's --enable_signature_method_name_check (default off, as there: TF2 exports mark
+    # every signature "predict", and Classify/Regress still run on the ones shaped for them).
+    enable_signature_method_name_check: bool = False
 
 
 @dataclass(frozen=True)
