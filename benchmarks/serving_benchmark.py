@@ -108,11 +108,11 @@ def build_models(root: Path) -> list[Model]:
 
 
 def in_process_limit(model: Model, seconds_per_size: float) -> dict:
-    from jupyter_tfserve.engine.servable import default_session_options, load_servable
+    from jupyter_tfserve.engine.loader import LoaderOptions, default_session_options, load_servable
 
     version = max(int(p.name) for p in model.base_path.iterdir() if p.name.isdigit())
     path = next(p for p in model.base_path.iterdir() if p.name.isdigit() and int(p.name) == version)
-    servable = load_servable(model.name, version, path, default_session_options())
+    servable = load_servable(model.name, version, path, LoaderOptions(session=default_session_options()))
     signature = servable.signature("serving_default")
     (input_name,) = signature.inputs
     model.input_name = input_name

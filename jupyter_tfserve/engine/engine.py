@@ -23,18 +23,13 @@ from . import tensors
 from .batching import BatchingOptions, BatchScheduler
 from .config import ModelServerConfig
 from .errors import Code, ServingError, invalid_argument
+from .loader import LoaderOptions, SessionOptions, load_servable
 from .manager import Handle, Manager, VersionStatus
 from .metrics import EngineMetrics
 from .routing import Router, Shadow, compare_outputs
-from .servable import (
-    Servable,
-    SessionOptions,
-    load_servable,
-    read_warmup_records,
-    run_warmup,
-    warmup_file,
-)
+from .servable import Servable
 from .signature import DEFAULT_SIGNATURE, SignatureSpec
+from .warmup import read_warmup_records, run_warmup, warmup_file
 from .windows import LatencyWindows
 
 log = logging.getLogger(__name__)
@@ -145,7 +140,11 @@ class Engine:
             self.metrics.load_latency.labels(name, status).observe((time.perf_counter() - started) * 1e6)
 
     def _load_blocking(self, name: str, version: int, path: Path) -> Servable:
-        servable = load_servable(name, version, path, self.options.session)
+        servable = load_servable(name, version, path, LoaderOptions(
+            session=self.options.session,
+            prefer_tflite_model=self.options.prefer_tflite_model,
+            method_name_check=self.options.enable_signature_method_name_check,
+        ))
         warmup = warmup_file(path) if self.options.enable_model_warmup else None
         if warmup is None:
             return servable

@@ -1,54 +1,54 @@
-"""One loaded version of a model: a TensorFlow session over its SavedModel.
+"""A servable: one loaded version of a model, whatever runs it underneath.
 
-Every SavedModel, TF1 or TF2, is loaded the way TF Serving loads it: into a
-session, through its SignatureDefs. That keeps TF1 reference-variable graphs,
-TF2 exports and Keras exports on one code path, gives metadata with the graph's
-own tensor names, and lets a signature run through a pre-built session callable
-(tens of microseconds of overhead) without Python-side placeholder shape checks
-that TF Serving does not make either.
+TF Serving's request handlers only ever ask a servable for its SignatureDefs and
+to run one of them; how the version was loaded (a TF1 session, TensorFlow's
+object graph, a TFLite interpreter) is the loader's business. Classify and
+Regress are the same on every kind, so they live here, with TF Serving's own
+checks (``classifier.cc`` / ``regressor.cc``: ``PreProcessClassification``,
+``PostProcessClassificationResult`` and their regression twins).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import Code, ServingError, failed_precondition, invalid_argument
-from .signature import CLASSIFY_METHOD, DT_STRING, REGRESS_METHOD, SignatureSpec
+from .errors import Code, ServingError, invalid_argument
+from .signature import CLASSIFY_METHOD, DT_FLOAT, DT_STRING, REGRESS_METHOD, SignatureSpec
 
 log = logging.getLogger(__name__)
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-MAX_WARMUP_RECORDS = 1000
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    intra_op_parallelism: int = 0
-    inter_op_parallelism: int = 0
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
+REGRESS_INPUTS = "inputs"
+REGRESS_OUTPUTS = "outputs"
 
 
 class Servable:
-    """A loaded SavedModel version; thread-safe to run from many threads at once."""
+    """A loaded version; thread-safe to run from many threads at once.
 
-    def __init__(self, name: str, version: int, path: Path, session, meta_graph) -> None:
+    Subclasses implement :meth:`run` and :meth:`_release`. ``kind`` names how the
+    version runs, for status and logs.
+    """
+
+    kind = "servable"
+
+    def __init__(self, name: str, version: int, path: Path, signature_defs: Mapping[str, Any], *,
+                 method_name_check: bool = False, detail: str = "") -> None:
         self.name = name
         self.version = version
         self.path = path
-        self._session = session
-        self.meta_graph = meta_graph
+        self.detail = detail
+        self._signature_defs = dict(signature_defs)
+        self._method_name_check = method_name_check
         self.signatures: dict[str, SignatureSpec] = {
-            key: SignatureSpec.from_signature_def(key, sig) for key, sig in meta_graph.signature_def.items()
+            key: SignatureSpec.from_signature_def(key, sig) for key, sig in self._signature_defs.items()
         }
-        self._callables: dict[tuple, Callable] = {}
-        self._lock = threading.Lock()
 
     def signature(self, name: str) -> SignatureSpec:
         try:
@@ -56,102 +56,108 @@ class Servable:
         except KeyError:
             raise invalid_argument(f"Serving signature key \"{name}\" not found.") from None
 
-    def signature_def_map(self):
+    def signature_def_map(self) -> Any:
         """The SignatureDefMap proto, as GetModelMetadata returns it."""
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, value in self.meta_graph.signature_def.items():
+        for key, value in self._signature_defs.items():
             signature_map.signature_def[key].CopyFrom(value)
         return signature_map
 
     def run(self, signature: SignatureSpec, inputs: dict[str, np.ndarray], output_keys: Sequence[str]) -> dict:
         """Run a signature; ``inputs`` are keyed by alias and already of the right dtypes."""
-        input_keys = tuple(sorted(inputs))
-        output_keys = tuple(output_keys)
-        fn = self._callable(signature, input_keys, output_keys)
-        try:
-            results = fn(*(inputs[key] for key in input_keys))
-        except Exception as error:  # TensorFlow's errors carry a canonical code
-            raise _as_serving_error(error) from None
-        return {key: _as_array(value) for key, value in zip(output_keys, results, strict=True)}
+        raise NotImplementedError
 
-    def _callable(self, signature: SignatureSpec, input_keys: tuple, output_keys: tuple) -> Callable:
-        cache_key = (signature.name, input_keys, output_keys)
-        fn = self._callables.get(cache_key)
-        if fn is not None:
-            return fn
-        from tensorflow.core.protobuf import config_pb2
-
-        options = config_pb2.CallableOptions()
-        options.feed.extend(signature.inputs[key].tensor_name for key in input_keys)
-        options.fetch.extend(signature.outputs[key].tensor_name for key in output_keys)
-        with self._lock:
-            fn = self._callables.get(cache_key)
-            if fn is None:
-                fn = self._session._make_callable_from_options(options)
-                self._callables[cache_key] = fn
-        return fn
+    # -- Classify and Regress, as TF Serving checks and shapes them ----------------------------
 
     def classify(self, signature: SignatureSpec, serialized_examples: list[bytes]) -> list[list[tuple[str, float]]]:
         """Classify serialized tf.Examples: one list of (label, score) per example."""
-        if signature.method_name != CLASSIFY_METHOD:
-            raise invalid_argument(
-                f"Expected classification signature method_name to be {CLASSIFY_METHOD}. "
-                f"Was: {signature.method_name}"
-            )
-        input_key = _example_input(signature)
-        wanted = [key for key in ("classes", "scores") if key in signature.outputs]
-        if not wanted:
-            raise invalid_argument("Expected classification signature outputs to contain classes or scores.")
-        outputs = self.run(signature, {input_key: _examples_tensor(serialized_examples)}, wanted)
+        wanted = self._classification_outputs(signature)
+        outputs = self.run(signature, {CLASSIFY_INPUTS: _examples_tensor(serialized_examples)}, wanted)
         count = len(serialized_examples)
-        scores = outputs.get("scores")
-        classes = outputs.get("classes")
-        if scores is not None:
-            scores = scores.reshape(count, -1) if scores.size else scores.reshape(count, 0)
-        if classes is not None:
-            classes = classes.reshape(count, -1)
+        classes = outputs.get(CLASSIFY_CLASSES)
+        scores = outputs.get(CLASSIFY_SCORES)
+        width = 0
+        for key, array, want in ((CLASSIFY_CLASSES, classes, DT_STRING), (CLASSIFY_SCORES, scores, DT_FLOAT)):
+            if array is None:
+                continue
+            if array.ndim != 2:
+                raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {list(array.shape)}")
+            if want == DT_STRING and array.dtype.kind not in "OSU":
+                raise invalid_argument(f"Expected classes Tensor of DT_STRING. Got: {array.dtype}")
+            if want == DT_FLOAT and array.dtype != np.float32:
+                raise invalid_argument(f"Expected scores Tensor of DT_FLOAT. Got: {array.dtype}")
+            if array.shape[0] != count:
+                raise invalid_argument(f"Expected {key} output batch size of {count}. Got: {array.shape[0]}")
+            width = array.shape[1]
+        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+            raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} "
+                                   f"vs. {scores.shape[1]}")
         results = []
         for row in range(count):
-            width = scores.shape[1] if scores is not None else classes.shape[1]
             labels = [_text(classes[row, i]) for i in range(width)] if classes is not None else [""] * width
-            values = [float(scores[row, i]) for i in range(width)] if scores is not None else [0.0] * width
+            values = [float(v) for v in scores[row]] if scores is not None else [0.0] * width
             results.append(list(zip(labels, values, strict=True)))
         return results
 
     def regress(self, signature: SignatureSpec, serialized_examples: list[bytes]) -> list[float]:
-        if signature.method_name != REGRESS_METHOD:
-            raise invalid_argument(
-                f"Expected regression signature method_name to be {REGRESS_METHOD}. Was: {signature.method_name}"
-            )
-        input_key = _example_input(signature)
-        if "outputs" not in signature.outputs:
-            raise invalid_argument("Expected regression signature outputs to contain outputs.")
-        outputs = self.run(signature, {input_key: _examples_tensor(serialized_examples)}, ["outputs"])["outputs"]
-        if outputs.size != len(serialized_examples):
-            raise invalid_argument(
-                f"Expected one regression output per example: {outputs.size} outputs for "
-                f"{len(serialized_examples)} examples"
-            )
-        return [float(v) for v in outputs.reshape(-1)]
+        self._check_regression(signature)
+        output = self.run(signature, {REGRESS_INPUTS: _examples_tensor(serialized_examples)},
+                          [REGRESS_OUTPUTS])[REGRESS_OUTPUTS]
+        count = len(serialized_examples)
+        if not (output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)):
+            raise invalid_argument("Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but "
+                                   f"got {list(output.shape)}")
+        if output.shape[0] != count:
+            raise invalid_argument(f"Input batch size did not match output batch size: {count} vs. {output.shape[0]}")
+        if output.dtype != np.float32:
+            raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {output.dtype}")
+        return [float(v) for v in output.reshape(-1)]
+
+    def _classification_outputs(self, signature: SignatureSpec) -> list[str]:
+        if self._method_name_check and signature.method_name != CLASSIFY_METHOD:
+            raise invalid_argument(f"Expected classification signature method_name to be {CLASSIFY_METHOD}. "
+                                   f"Was: {signature.method_name}")
+        _check_example_input(signature, "classification")
+        if len(signature.outputs) not in (1, 2):
+            raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+        wanted = [key for key in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if key in signature.outputs]
+        if not wanted:
+            raise invalid_argument('Expected classification signature outputs to contain at least one of "classes" '
+                                   f'or "scores". Signature {signature.name} has {sorted(signature.outputs)}')
+        return wanted
+
+    def _check_regression(self, signature: SignatureSpec) -> None:
+        if self._method_name_check and signature.method_name != REGRESS_METHOD:
+            raise invalid_argument(f"Expected regression signature method_name to be {REGRESS_METHOD}. "
+                                   f"Was: {signature.method_name}")
+        _check_example_input(signature, "regression")
+        if len(signature.outputs) != 1:
+            raise invalid_argument("Expected one output Tensor.")
+        if REGRESS_OUTPUTS not in signature.outputs:
+            raise invalid_argument(f"No regression outputs found in SignatureDef {signature.name}: it has "
+                                   f"{sorted(signature.outputs)}")
 
     def close(self) -> None:
-        with self._lock:
-            self._callables.clear()
         try:
-            self._session.close()
+            self._release()
         except Exception:  # closing must never fail an unload
-            log.exception("closing the session of %s version %s", self.name, self.version)
+            log.exception("releasing %s version %s", self.name, self.version)
+
+    def _release(self) -> None:
+        """Free what the version holds (sessions, interpreters)."""
 
 
-def _example_input(signature: SignatureSpec) -> str:
+def _check_example_input(signature: SignatureSpec, what: str) -> None:
     if len(signature.inputs) != 1:
-        raise invalid_argument(f"Expected one input tensor of serialized tf.Examples, got {len(signature.inputs)}")
-    (key, spec), = signature.inputs.items()
+        raise invalid_argument("Expected one input Tensor.")
+    spec = signature.inputs.get(CLASSIFY_INPUTS)
+    if spec is None:
+        raise invalid_argument(f"No {what} inputs found in SignatureDef {signature.name}: its input is "
+                               f"{next(iter(signature.inputs))!r}, not 'inputs'")
     if spec.tf_dtype != DT_STRING:
-        raise invalid_argument(f"Expected input {key} to be DT_STRING serialized tf.Examples, got {spec.dtype_name}")
-    return key
+        raise invalid_argument(f"Expected input inputs to be DT_STRING serialized tf.Examples, got {spec.dtype_name}")
 
 
 def _examples_tensor(serialized_examples: list[bytes]) -> np.ndarray:
@@ -160,15 +166,12 @@ def _examples_tensor(serialized_examples: list[bytes]) -> np.ndarray:
     return array
 
 
-def _text(value) -> str:
+def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _as_array(value) -> np.ndarray:
-    return value if isinstance(value, np.ndarray) else np.asarray(value)
-
-
-def _as_serving_error(error: Exception) -> ServingError:
+def as_serving_error(error: Exception) -> ServingError:
+    """TensorFlow's errors carry a canonical code; keep it, and its message."""
     if isinstance(error, ServingError):
         return error
     code = getattr(error, "error_code", None)
@@ -179,65 +182,3 @@ def _as_serving_error(error: Exception) -> ServingError:
     except ValueError:
         status = Code.INTERNAL
     return ServingError(status, message)
-
-
-def load_servable(name: str, version: int, path: Path, options: SessionOptions) -> Servable:
-    """Load a SavedModel version into its own graph and session (blocking: call off the event loop)."""
-    import tensorflow as tf
-
-    config = tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=options.intra_op_parallelism,
-        inter_op_parallelism_threads=options.inter_op_parallelism,
-        allow_soft_placement=True,
-    )
-    graph = tf.Graph()
-    session = tf.compat.v1.Session(graph=graph, config=config)
-    try:
-        with graph.as_default():
-            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
-    except Exception as error:
-        session.close()
-        message = getattr(error, "message", None) or str(error)
-        raise failed_precondition(f"Failed to load SavedModel at {path}: {message.strip()}") from None
-    return Servable(name, version, path, session, meta_graph)
-
-
-def warmup_file(path: Path) -> Path | None:
-    candidate = path / WARMUP_FILE
-    return candidate if candidate.is_file() else None
-
-
-def read_warmup_records(path: Path) -> list:
-    """The PredictionLog records of a warmup file (at most 1000, as TF Serving allows)."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    records = []
-    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-        if len(records) >= MAX_WARMUP_RECORDS:
-            raise failed_precondition(
-                f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) in {path}"
-            )
-        record = prediction_log_pb2.PredictionLog()
-        record.ParseFromString(raw)
-        records.append(record)
-    return records
-
-
-def run_warmup(servable: Servable, records: list, replay: Callable[[Servable, object], None]) -> float:
-    """Replay warmup records through ``replay``; returns seconds taken. Any failure fails the load."""
-    start = time.perf_counter()
-    for index, record in enumerate(records):
-        try:
-            replay(servable, record)
-        except ServingError as error:
-            raise failed_precondition(
-                f"Warmup request {index} of {servable.name} version {servable.version} failed: {error.message}"
-            ) from None
-    return time.perf_counter() - start
-
-
-def default_session_options(intra: int = 0, inter: int = 0) -> SessionOptions:
-    """0 lets TensorFlow pick; on a small machine one inter-op thread avoids oversubscription."""
-    cores = os.cpu_count() or 1
-    return SessionOptions(intra_op_parallelism=intra or cores, inter_op_parallelism=inter or (1 if cores <= 4 else 2))

@@ -50,10 +50,12 @@ def test_classify_and_regress_over_tf_examples(shared_server):
     assert with_context.json() == {"results": [6.0, 4.0]}
 
 
-def test_classify_with_a_predict_signature_is_refused(shared_server):
+def test_classify_with_a_signature_not_shaped_for_it_is_refused(shared_server):
+    # TF Serving checks the shape, not the method name, by default (PreProcessClassification): the
+    # default signature's input is "x", not the serialized tf.Examples under "inputs" Classify feeds.
     response = shared_server.post("/v1/models/half_plus_two:classify", {"examples": [{"x": 2.0}]})
     assert response.status_code == 400
-    assert "tensorflow/serving/classify" in response.json()["error"]
+    assert "No classification inputs found in SignatureDef serving_default" in response.json()["error"]
 
 
 def test_metadata_matches_tf_serving(shared_server, shared_testdata):
