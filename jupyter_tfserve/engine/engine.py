@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from . import tensors
-from .batching import BatchingOptions, BatchScheduler
+from .batching import BatchScheduler
+from .batching_options import BatchingOptions
 from .config import ModelServerConfig
 from .errors import Code, ServingError, invalid_argument
 from .loader import LoaderOptions, SessionOptions, load_servable
@@ -82,6 +83,9 @@ Decoder = Callable[[SignatureSpec], dict[str, np.ndarray]]
 INLINE_MAX_SECONDS = 200e-6
 INLINE_MAX_INPUT_BYTES = 64 * 1024
 MAX_SHADOW_REQUESTS_IN_FLIGHT = 4
+# How long a request for a model that is still loading waits for it (TF Serving's clients
+# assume a model is there once the port answers; ours opens before models load).
+LOAD_WAIT_SECONDS = 60.0
 
 
 class Engine:
@@ -234,6 +238,8 @@ class Engine:
         status = Code.OK
         version = None
         try:
+            if self.manager.is_loading(target.name, target.version, target.label):
+                await self.manager.wait_for_load(target.name, target.version, target.label, LOAD_WAIT_SECONDS)
             with self._acquire(target, route_key) as handle:
                 version = handle.version
                 servable = handle.servable
@@ -354,6 +360,8 @@ class Engine:
         status = Code.OK
         version = None
         try:
+            if self.manager.is_loading(target.name, target.version, target.label):
+                await self.manager.wait_for_load(target.name, target.version, target.label, LOAD_WAIT_SECONDS)
             with self._acquire(target, route_key) as handle:
                 version = handle.version
                 servable = handle.servable

@@ -135,6 +135,7 @@ class Manager:
         self._models: dict[str, _Model] = {}
         self._tasks: set[asyncio.Task] = set()
         self._config = ModelServerConfig()
+        self._progress = asyncio.Event()
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -278,6 +279,7 @@ class Manager:
                 self._spawn(self._unload_version(model, record))
             elif record.state is State.END and record.error is not None and version not in on_disk:
                 del model.versions[version]
+        self._notify()
 
     def _report_incomplete(self, model: _Model, version: int, path: Path, problem: str) -> None:
         """Show a version directory that is not a whole SavedModel (yet) in status, without loading it."""
@@ -330,12 +332,14 @@ class Manager:
             record.attempts += 1
             record.retry_at = time.monotonic() + delay
             self._log_state(model, record, f"failed: {failure.message}; retrying in {delay:g} s or when it changes")
+            self._notify()
             return
         if model.removed or self._models.get(model.name) is not model:
             await self._unload(servable)
             servable.close()
             record.state = State.END
             self._log_state(model, record, "model was removed while loading")
+            self._notify()
             return
         record.servable = servable
         record.state = State.AVAILABLE
@@ -343,6 +347,7 @@ class Manager:
         record.loaded_at = time.time()
         self._log_state(model, record, f"loaded in {time.monotonic() - started:.2f} s")
         self._reconcile(model)
+        self._notify()
 
     async def _unload_version(self, model: _Model, record: _Version) -> None:
         record.state = State.UNLOADING
@@ -361,6 +366,75 @@ class Manager:
         for name in list(self._models):
             self._remove_model(name)
         await self.wait_until_settled(timeout=30)
+
+    def _notify(self) -> None:
+        """Wake requests waiting for a load: something finished or the folders were looked at."""
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    # -- typed questions -------------------------------------------------------------------------
+
+    def has_model(self, name: str) -> bool:
+        return name in self._models
+
+    def require(self, name: str) -> None:
+        """NOT_FOUND, in TF Serving's words, for a model that is not served."""
+        self._model(name)
+
+    def available_versions(self, name: str) -> list[int]:
+        """The AVAILABLE versions of a model, ascending (empty for an unknown model)."""
+        model = self._models.get(name)
+        return model.available() if model is not None else []
+
+    def version_state(self, name: str, version: int) -> State | None:
+        model = self._models.get(name)
+        record = model.versions.get(version) if model is not None else None
+        return record.state if record is not None else None
+
+    def labels(self, name: str) -> dict[str, int]:
+        return self._model(name).labels
+
+    def is_loading(self, name: str, version: int | None = None, label: str | None = None) -> bool:
+        """Whether the version a request names is on its way: loading now, or its folder not yet listed.
+
+        TF Serving opens its ports only once every model has loaded, so its clients never
+        see a configured model missing; we open them at once, and a request for a model
+        that is still coming waits for it instead (:meth:`wait_for_load`).
+        """
+        model = self._models.get(name)
+        if model is None:
+            return False
+        if label is not None:
+            version = model.labels.get(label)
+            if version is None:
+                return False
+        if version is None:
+            if not model.polled:
+                return True
+            pending = False
+            for record in model.versions.values():
+                if record.state is State.AVAILABLE:
+                    return False
+                pending = pending or record.state in (State.START, State.LOADING)
+            return pending
+        record = model.versions.get(version)
+        if record is None:
+            return not model.polled
+        return record.state in (State.START, State.LOADING)
+
+    async def wait_for_load(self, name: str, version: int | None = None, label: str | None = None,
+                            timeout: float = 60.0) -> None:
+        """Return once the version a request names is no longer loading (or after ``timeout``)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.is_loading(name, version, label):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
+            except TimeoutError:
+                return
 
     # -- lookups for the request path ------------------------------------------------------------
 

@@ -137,7 +137,7 @@ class TFServeExtension(ExtensionApp):
         """``default_batching`` as a BatchingParameters text proto, the file TF Serving's flag takes."""
         from google.protobuf import text_format
 
-        from ..engine.batching import BatchingOptions
+        from ..engine.batching_options import BatchingOptions
 
         options = BatchingOptions.from_dict(self.default_batching)
         path = state / "batching.config"

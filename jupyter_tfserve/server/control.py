@@ -18,11 +18,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.batching import BatchingOptions
+from ..engine.batching_options import BatchingOptions
 from ..engine.config import ModelConfig, ModelServerConfig, format_model_server_config, write_text_atomically
 from ..engine.engine import Engine
 from ..engine.errors import Code, ServingError, failed_precondition, invalid_argument, not_found
-from ..engine.manager import State
 from ..engine.routing import Shadow, parse_arm, parse_split
 from .auth import Authenticator
 from .state import StateStore
@@ -201,11 +200,11 @@ class Control:
         """Until a version is AVAILABLE, or every version found has failed, or the time is up."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            statuses = self.engine.manager.describe(name)["model_version_status"]
-            if any(status["state"] == State.AVAILABLE.value for status in statuses):
+            if self.engine.manager.available_versions(name):
                 return
-            if statuses and all(status["status"]["error_code"] != "OK" for status in statuses):
-                messages = "; ".join(status["status"]["error_message"] for status in statuses)
+            statuses = self.engine.manager.status(name) if self.engine.manager.has_model(name) else []
+            if statuses and all(status.error_code is not Code.OK for status in statuses):
+                messages = "; ".join(status.error_message for status in statuses)
                 raise failed_precondition(f"Model {name} has no version that loads: {messages}")
             await asyncio.sleep(0.05)
         raise ServingError(Code.DEADLINE_EXCEEDED, f"Model {name} had no AVAILABLE version after {seconds:g} s")
@@ -226,8 +225,7 @@ class Control:
                 self.store.save_batching(name, None)
                 log.info("management: model %s unloaded", name)
                 return {"unloaded": name}
-            statuses = self.engine.manager.status(name)
-            serving = sorted(s.version for s in statuses if s.state is State.AVAILABLE)
+            serving = self.engine.manager.available_versions(name)
             if version not in serving:
                 raise not_found(f"Version {version} of model {name} is not AVAILABLE (available: {serving})")
             keep = [v for v in serving if v != version]
@@ -247,7 +245,7 @@ class Control:
 
     def poll(self, name: str) -> dict:
         """Look for new version directories now rather than at the next poll (an export just published one)."""
-        self.engine.manager.describe(name)  # NOT_FOUND for unknown models
+        self.engine.manager.require(name)
         self.engine.manager.poll()
         return self.describe(name)
 
@@ -255,8 +253,8 @@ class Control:
         wanted = {self._label(label): _version_number(version, f"label {label}")
                   for label, version in _mapping(labels, "'labels'").items()}
         async with self._lock:
-            current = {} if replace else dict(self.engine.manager.describe(name)["labels"])
-            merged = {label: int(version) for label, version in current.items()} | wanted
+            current = {} if replace else self.engine.manager.labels(name)
+            merged = current | wanted
             self.engine.manager.set_labels(name, merged)
             self._write_config(self.engine.manager.config)
         return self.describe(name)
@@ -265,7 +263,7 @@ class Control:
         """``stable`` moves to the version, and any split or shadow is dropped: one call, no window between."""
         number = _version_number(version, "'version'")
         async with self._lock:
-            labels = {label: int(v) for label, v in self.engine.manager.describe(name)["labels"].items()}
+            labels = self.engine.manager.labels(name)
             labels["stable"] = number
             self.engine.manager.set_labels(name, labels)
             self.engine.router.set_split(name, None)
@@ -285,7 +283,7 @@ class Control:
 
     def set_batching(self, name: str, body: Any) -> dict:
         """``{"enabled": false}`` turns batching off; ``{"max_batch_size": 32, ...}`` sets it on with those."""
-        self.engine.manager.describe(name)  # NOT_FOUND for unknown models
+        self.engine.manager.require(name)
         body = dict(_mapping(body, "the request"))
         enabled = body.pop("enabled", True)
         if not isinstance(enabled, bool):
@@ -308,18 +306,18 @@ class Control:
         unknown = set(body) - {"split", "shadow", "shadow_tolerance"}
         if unknown:
             raise invalid_argument(f"unknown field(s) {', '.join(sorted(unknown))} in routing request")
-        description = self.engine.manager.describe(name)
+        self.engine.manager.require(name)
         split = parse_split(body["split"]) if body.get("split") is not None else None
         shadow = self._shadow(body["shadow"], body.get("shadow_tolerance")) if body.get("shadow") is not None else None
-        available = {int(s["version"]) for s in description["model_version_status"] if s["state"] == "AVAILABLE"}
+        available = set(self.engine.manager.available_versions(name))
+        labels = self.engine.manager.labels(name)
         for arm in [*(split.arms if split else ()), *([shadow] if shadow else [])]:
             if arm.version is not None and arm.version not in available:
                 raise failed_precondition(
                     f"Version {arm.version} of model {name} is not AVAILABLE (available: {sorted(available)})"
                 )
-            if arm.label is not None and arm.label not in description["labels"]:
-                raise failed_precondition(f"Model {name} has no label {arm.label!r} (labels: "
-                                          f"{sorted(description['labels'])})")
+            if arm.label is not None and arm.label not in labels:
+                raise failed_precondition(f"Model {name} has no label {arm.label!r} (labels: {sorted(labels)})")
         self.engine.router.set_split(name, split)
         self.engine.router.set_shadow(name, shadow)
         self.store.save_routing(name, split.to_json() if split else None, shadow.name if shadow else None,
@@ -329,7 +327,7 @@ class Control:
         return self.describe(name)
 
     def windows(self, name: str, seconds: Any) -> dict:
-        self.engine.manager.describe(name)
+        self.engine.manager.require(name)
         try:
             window = int(seconds)
         except (TypeError, ValueError):

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jupyter_tfserve.engine.batching import BatchingOptions, BatchScheduler
+from jupyter_tfserve.engine.batching import BatchScheduler
+from jupyter_tfserve.engine.batching_options import BatchingOptions
 from jupyter_tfserve.engine.errors import Code, ServingError
 from jupyter_tfserve.engine.protos import BatchingParameters, parse_text
 
