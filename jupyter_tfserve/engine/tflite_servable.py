@@ -119,6 +119,12 @@ class _Binding:
 
 
 class TfLiteServable(Servable):
+    """A ``model.tflite`` version: its SignatureDefs as TF Serving reports them, runs on pooled interpreters.
+
+    Each signature's aliases are resolved to the primary subgraph's tensor indices once, here,
+    so a call only looks up indices, takes an interpreter, and feeds it.
+    """
+
     kind = "tflite"
 
     def __init__(self, name: str, version: int, path: Path, model_content: bytes, *,
