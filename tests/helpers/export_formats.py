@@ -193,6 +193,41 @@ def tf_keras_functional(base: Path) -> Export:
     return Export(_atomic_version(base, 1, build), "serving_default", {"x": _floats(2, 4, seed=7)})
 
 
+def tf2_classify_and_regress(base: Path) -> Export:
+    """``tf.saved_model.save`` signatures shaped for Classify and Regress (their method name says predict)."""
+    import tensorflow as tf
+
+    features = {"x": tf.io.FixedLenFeature([1], tf.float32)}
+
+    class Scorer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def classify(self, inputs):  # Classify feeds the examples to the input named "inputs"
+            x = tf.io.parse_example(inputs, features)["x"]
+            scores = tf.concat([x / 2 + 2, 1 - x], axis=1)
+            classes = tf.broadcast_to(tf.constant([["half_plus_two", "one_minus"]]), tf.shape(scores))
+            return {"scores": scores, "classes": classes}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def regress(self, inputs):
+            return {"outputs": tf.io.parse_example(inputs, features)["x"] * 3}
+
+    def build(export: Path) -> None:
+        module = Scorer()
+        tf.saved_model.save(module, str(export), signatures={
+            "classify": module.classify.get_concrete_function(),
+            "regress": module.regress.get_concrete_function()})
+
+    return Export(_atomic_version(base, 1, build), "regress", {"inputs": _examples([2.0, 4.0])})
+
+
+def _examples(values: list[float]) -> np.ndarray:
+    import tensorflow as tf
+
+    serialized = [tf.train.Example(features=tf.train.Features(feature={
+        "x": tf.train.Feature(float_list=tf.train.FloatList(value=[v]))})).SerializeToString() for v in values]
+    return np.array(serialized, dtype=object)
+
+
 BUILDERS: dict[str, Callable[[Path], Export]] = {
     "tf1_graph": tf1_graph,
     "tf2_module": tf2_module_several_signatures,
@@ -203,6 +238,7 @@ BUILDERS: dict[str, Callable[[Path], Export]] = {
     "keras_sequential_save": keras_sequential_saved_model_save,
     "vocabulary": vocabulary_lookup,
     "tf_keras": tf_keras_functional,
+    "tf2_examples": tf2_classify_and_regress,
 }
 
 

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc, regression_pb2
 
 from tests.helpers.export_formats import BUILDERS, reference_outputs
 
@@ -47,9 +47,16 @@ def server(exports, tmp_path_factory):
 
 
 def _json_value(array: np.ndarray):
-    if array.dtype == object:
-        return [value.decode() for value in array.reshape(-1)] if array.ndim == 1 else array.tolist()
+    if array.dtype == object:  # text as JSON strings, other bytes as TF Serving's {"b64": ...}
+        return [_json_bytes(value) for value in array.reshape(-1)]
     return array.tolist()
+
+
+def _json_bytes(value: bytes):
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(value).decode()}
 
 
 def _assert_same(served: np.ndarray, expected: np.ndarray, what: str) -> None:
@@ -113,3 +120,32 @@ def test_wrong_shape_on_the_object_graph_path_is_a_clear_invalid_argument(server
     response = server.post("/v1/models/keras_in_module:predict", {"instances": [[1.0, 2.0]]})
     assert response.status_code == 400, response.text
     assert "error" in response.json()
+
+
+def test_classify_and_regress_on_a_tf2_export(server):
+    """TF2 exports mark every signature "predict"; TF Serving (no method-name check by default) serves them."""
+    base = "/v1/models/tf2_examples"
+    classify = server.post(f"{base}:classify", {"signature_name": "classify", "examples": [{"x": 2.0}, {"x": 4.0}]})
+    assert classify.status_code == 200, classify.text
+    assert classify.json() == {"results": [[["half_plus_two", 3.0], ["one_minus", -1.0]],
+                                           [["half_plus_two", 4.0], ["one_minus", -3.0]]]}
+    assert server.post(f"{base}:regress", {"signature_name": "regress", "examples": [{"x": 2.0}]}).json() \
+        == {"results": [6.0]}
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "tf2_examples"
+    request.model_spec.signature_name = "classify"
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.append(2.0)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        classes = stub.Classify(request, timeout=30).result.classifications[0].classes
+        assert [(c.label, c.score) for c in classes] == [("half_plus_two", 3.0), ("one_minus", -1.0)]
+        regress = regression_pb2.RegressionRequest()
+        regress.model_spec.name = "tf2_examples"
+        regress.model_spec.signature_name = "regress"
+        regress.input.example_list.examples.add().features.feature["x"].float_list.value.append(5.0)
+        assert stub.Regress(regress, timeout=30).result.regressions[0].value == 15.0
+        # Predict-shaped signatures are refused with TF Serving's reason.
+        request.model_spec.signature_name = "regress"
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Classify(request, timeout=30)
+        assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
