@@ -34,12 +34,20 @@ except ImportError:  # pragma: no cover - pysimdjson is a dependency, but has no
 from .errors import ServingError, invalid_argument
 from .signature import (
     DT_BFLOAT16,
+    DT_BOOL,
     DT_COMPLEX64,
     DT_COMPLEX128,
     DT_DOUBLE,
     DT_FLOAT,
     DT_HALF,
+    DT_INT8,
+    DT_INT16,
+    DT_INT32,
+    DT_INT64,
     DT_STRING,
+    DT_UINT8,
+    DT_UINT32,
+    DT_UINT64,
     DTYPE_NAMES,
     NUMPY_DTYPES,
     SignatureSpec,
@@ -900,7 +908,8 @@ def _tf_dtype_of(array: np.ndarray) -> int:
     dtype = array.dtype
     if dtype.kind in "OSU":
         return DT_STRING
-    tf_dtype = _NUMPY_TO_TF.get(dtype if dtype.isnative else dtype.newbyteorder("="))
+    native = dtype if dtype.isnative else dtype.newbyteorder("=")
+    tf_dtype = _NUMPY_TO_TF.get(native, _DT_UINT16 if native == np.uint16 else None)
     if tf_dtype is not None:
         return tf_dtype
     if dtype.name == "bfloat16":
@@ -916,18 +925,98 @@ def _to_bytes(value: Any) -> bytes:
     return str(value).encode("utf-8")
 
 
-def numpy_to_tensor_proto(array: np.ndarray, tf_dtype: int | None = None) -> Any:
-    """An array as a TensorProto: numbers as little-endian ``tensor_content``, strings in ``string_val``.
+# DT_UINT16 is absent from NUMPY_DTYPES (no request input may be uint16), but a model may output it.
+_DT_UINT16 = 17
 
-    ``tensor_content`` is one memcpy instead of a repeated field of Python
-    numbers, and is what TensorFlow's own clients send.
+# Tensor::AsProtoField's field for each dtype (TensorFlow's tensor.cc, ProtoHelper<T>): the narrow
+# integers widen into int_val, half and bfloat16 put their raw 16 bits in half_val, complex numbers
+# are (real, imaginary) pairs.
+_AS_PROTO_FIELD = {
+    DT_FLOAT: "float_val", DT_DOUBLE: "double_val", DT_INT32: "int_val", DT_UINT8: "int_val", DT_INT16: "int_val",
+    DT_INT8: "int_val", _DT_UINT16: "int_val", DT_INT64: "int64_val", DT_BOOL: "bool_val",
+    DT_COMPLEX64: "scomplex_val", DT_COMPLEX128: "dcomplex_val", DT_HALF: "half_val", DT_BFLOAT16: "half_val",
+    DT_UINT32: "uint32_val", DT_UINT64: "uint64_val",
+}
+# Fields whose packed wire form is the array's own little-endian bytes: fixed-width floats, and bools
+# (a varint of 0 or 1 is that one byte). These are written as wire bytes in one call instead of one
+# Python number per value (1M floats: ~1 ms instead of ~80 ms).
+_RAW_WIRE = {DT_FLOAT: "<f4", DT_DOUBLE: "<f8", DT_COMPLEX64: "<c8", DT_COMPLEX128: "<c16", DT_BOOL: "u1"}
+
+
+@functools.cache
+def _packed_tag(field: str) -> bytes:
+    """The key of a length-delimited (packed) ``field`` of TensorProto on the wire."""
+    from tensorflow.core.framework import tensor_pb2
+
+    return _varint(tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _numeric_values(array: np.ndarray, tf_dtype: int) -> np.ndarray:
+    """``array`` as a C-contiguous array of ``tf_dtype``'s numpy type, converted if it is another type."""
+    if tf_dtype == DT_BFLOAT16:
+        if array.dtype.name != "bfloat16":
+            raise invalid_argument(f"Cannot convert an array of {array.dtype} to DT_BFLOAT16")
+        return np.ascontiguousarray(array)
+    dtype = np.dtype(np.uint16) if tf_dtype == _DT_UINT16 else NUMPY_DTYPES.get(tf_dtype)
+    if dtype is None:
+        raise invalid_argument(f"Tensor dtype {_dtype_name(tf_dtype)} is not supported")
+    try:
+        return np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
+    except (TypeError, ValueError, OverflowError):
+        raise invalid_argument(f"Cannot convert an array of {array.dtype} to {_dtype_name(tf_dtype)}") from None
+
+
+def _fill_typed_field(proto: Any, tf_dtype: int, values: np.ndarray) -> None:
+    """Put ``values`` in the repeated field TF Serving's ``Tensor::AsProtoField`` would use."""
+    if values.size == 0:
+        return  # AsProtoField writes no values for an empty tensor
+    field = _AS_PROTO_FIELD[tf_dtype]
+    wire = _RAW_WIRE.get(tf_dtype)
+    if wire is not None:
+        if tf_dtype == DT_BOOL:
+            values = values != 0  # one byte of exactly 0 or 1 per value, whatever the buffer held
+        raw = np.ascontiguousarray(values, dtype=wire)
+        # One copy of the values (join reads the array's buffer): an intermediate bytes object would
+        # double the large allocations, which costs more than the copy itself.
+        proto.MergeFromString(b"".join((_packed_tag(field), _varint(raw.nbytes), raw)))
+        return
+    if tf_dtype == DT_HALF:
+        values = values.view("<u2")  # little-endian like the float16 values themselves
+    elif tf_dtype == DT_BFLOAT16:
+        values = values.view(np.uint16)  # ml_dtypes' bfloat16 is in native order
+    getattr(proto, field).extend(values.reshape(-1).tolist())
+
+
+def numpy_to_tensor_proto(array: np.ndarray, tf_dtype: int | None = None, *, tensor_content: bool = True,
+                          out: Any = None) -> Any:
+    """An array as a TensorProto, with numbers in ``tensor_content`` or in TF Serving's typed fields.
+
+    ``tensor_content=True`` (the default, for requests) is one memcpy and is what TensorFlow's own
+    clients send. ``tensor_content=False`` writes what TF Serving's Predict answers by default
+    (``Tensor::AsProtoField``): ``float_val``, ``int_val``, ``half_val``, ... , which clients read
+    straight from the field (``response.outputs["y"].float_val``) and which ``tf.make_ndarray``
+    reads too. Strings always go in ``string_val``. ``out`` fills an existing message (a response's
+    ``outputs[alias]``) in place of a new one: copying a filled TensorProto into a response costs
+    more than filling it.
     """
     from tensorflow.core.framework import tensor_pb2
 
     array = np.asarray(array)
     if tf_dtype is None:
         tf_dtype = _tf_dtype_of(array)
-    proto = tensor_pb2.TensorProto(dtype=tf_dtype)
+    proto = tensor_pb2.TensorProto() if out is None else out
+    proto.Clear()
+    proto.dtype = tf_dtype
+    proto.tensor_shape.SetInParent()  # present even for a scalar, as TensorFlow's AsProto* write it
     dims = proto.tensor_shape.dim
     for size in array.shape:
         dims.add(size=size)
@@ -938,16 +1027,11 @@ def numpy_to_tensor_proto(array: np.ndarray, tf_dtype: int | None = None) -> Any
         except TypeError:
             proto.string_val.extend([_to_bytes(value) for value in flat])
         return proto
-    if tf_dtype == DT_BFLOAT16 and array.dtype.name == "bfloat16":
-        proto.tensor_content = np.ascontiguousarray(array).tobytes()
-        return proto
-    dtype = NUMPY_DTYPES.get(tf_dtype)
-    if dtype is None:
-        raise invalid_argument(f"Tensor dtype {_dtype_name(tf_dtype)} is not supported")
-    try:
-        proto.tensor_content = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
-    except (TypeError, ValueError, OverflowError):
-        raise invalid_argument(f"Cannot convert an array of {array.dtype} to {_dtype_name(tf_dtype)}") from None
+    values = _numeric_values(array, tf_dtype)
+    if tensor_content:
+        proto.tensor_content = values.tobytes()
+    else:
+        _fill_typed_field(proto, tf_dtype, values)
     return proto
 
 

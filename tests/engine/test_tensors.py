@@ -696,6 +696,99 @@ def test_numpy_to_tensor_proto_conversions():
     invalid(lambda: numpy_to_tensor_proto(np.array([1], dtype="datetime64[s]")), "no TensorFlow equivalent")
 
 
+# Tensor::AsProtoField's field per dtype, from TensorFlow's tensor.cc (ProtoHelper<T>), written out here
+# independently of the implementation's table: bfloat16 and half put raw bits in half_val, the narrow
+# integers (uint16 too, though no request input may be uint16) widen into int_val.
+AS_PROTO_FIELD = {**TYPED_FIELDS, "uint16": "int_val", "bfloat16": "half_val"}
+
+
+def output_samples() -> dict:
+    import ml_dtypes
+
+    samples = {tf_dtype: sample(tf_dtype) for tf_dtype in NUMPY_DTYPES}
+    samples["uint16"] = np.array([[0, 65535], [1, 300]], np.uint16)
+    samples["bfloat16"] = np.array([[1.5, -2.0], [np.inf, 0.25]], dtype=ml_dtypes.bfloat16)
+    return samples
+
+
+@pytest.mark.parametrize("key", list(output_samples()), ids=str)
+def test_typed_fields_are_the_ones_tf_serving_answers_in_and_round_trip_like_tensorflow_s_own(key):
+    import tensorflow as tf
+
+    array = output_samples()[key]
+    proto = numpy_to_tensor_proto(array, tensor_content=False)
+    assert not proto.tensor_content
+    filled = {field.name for field, _ in proto.ListFields()} - {"dtype", "tensor_shape"}
+    assert filled == {AS_PROTO_FIELD[key]}
+    assert [d.size for d in proto.tensor_shape.dim] == [2, 2]
+    reference = tf.make_tensor_proto(array)
+    assert proto.dtype == reference.dtype
+    ours, theirs = tf.make_ndarray(proto), tf.make_ndarray(reference)
+    assert (ours.dtype, ours.shape) == (theirs.dtype, theirs.shape)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours.astype(object) if key == DT_STRING else ours, array)
+
+
+def test_typed_fields_hold_exactly_what_protobuf_itself_writes():
+    """The floats, doubles, complex numbers and bools written as raw wire bytes serialize byte for byte
+    like values added one by one through protobuf."""
+    from tensorflow.core.framework import tensor_pb2
+
+    values = {
+        DT_FLOAT: np.float32([1.5, -0.0, np.nan, np.inf, 1e-45, 3.4e38]),
+        DT_DOUBLE: np.float64([1.5, -0.0, np.nan, -np.inf, 5e-324]),
+        DT_COMPLEX64: np.complex64([1 + 2j, -3.5j]),
+        DT_COMPLEX128: np.complex128([1e300 - 1j]),
+        DT_BOOL: np.array([True, False, True]),
+    }
+    for tf_dtype, array in values.items():
+        reference = tensor_pb2.TensorProto(dtype=tf_dtype)
+        reference.tensor_shape.dim.add(size=array.size)
+        flat = np.stack([array.real, array.imag], -1).reshape(-1) if array.dtype.kind == "c" else array
+        getattr(reference, TYPED_FIELDS[tf_dtype]).extend(flat.tolist())
+        assert numpy_to_tensor_proto(array, tensor_content=False).SerializeToString() == \
+            reference.SerializeToString(), tf_dtype
+
+
+def test_typed_fields_raw_bits_scalars_empty_tensors_and_conversions():
+    import ml_dtypes
+
+    half = numpy_to_tensor_proto(np.float16([1.0, -2.0]), tensor_content=False)
+    assert list(half.half_val) == [0x3C00, 0xC000]  # raw bits, non-negative, in an int32 field
+    bfloat = numpy_to_tensor_proto(np.array([1.0], ml_dtypes.bfloat16), tensor_content=False)
+    assert list(bfloat.half_val) == [0x3F80]
+    assert list(numpy_to_tensor_proto(np.int8([-128, 127]), tensor_content=False).int_val) == [-128, 127]
+    assert list(numpy_to_tensor_proto(np.uint64([2**64 - 1]), tensor_content=False).uint64_val) == [2**64 - 1]
+    scalar = numpy_to_tensor_proto(np.float32(3.0), tensor_content=False)
+    assert list(scalar.float_val) == [3.0] and scalar.HasField("tensor_shape") and not scalar.tensor_shape.dim
+    empty = numpy_to_tensor_proto(np.zeros((0, 3), np.float32), tensor_content=False)
+    assert [d.size for d in empty.tensor_shape.dim] == [0, 3]
+    assert {field.name for field, _ in empty.ListFields()} == {"dtype", "tensor_shape"}  # no values, as TF
+    cast = numpy_to_tensor_proto(np.array([1, 2]), DT_FLOAT, tensor_content=False)
+    assert cast.dtype == DT_FLOAT and list(cast.float_val) == [1.0, 2.0]
+    big_endian = numpy_to_tensor_proto(np.array([1.5, 2.5], ">f8"), tensor_content=False)
+    assert list(big_endian.double_val) == [1.5, 2.5]
+    strided = np.arange(6, dtype=np.int32).reshape(2, 3).T
+    assert list(numpy_to_tensor_proto(strided, tensor_content=False).int_val) == strided.reshape(-1).tolist()
+    odd_bools = np.array([0, 1, 2, 255], np.uint8).view(np.bool_)  # a bool buffer holding non-0/1 bytes
+    assert list(numpy_to_tensor_proto(odd_bools, tensor_content=False).bool_val) == [False, True, True, True]
+    invalid(lambda: numpy_to_tensor_proto(np.array(["x"]), DT_FLOAT, tensor_content=False), "DT_FLOAT")
+    invalid(lambda: numpy_to_tensor_proto(np.float32([1.0]), 14, tensor_content=False), "DT_BFLOAT16")
+
+
+def test_numpy_to_tensor_proto_fills_a_given_message_in_place():
+    from tensorflow_serving.apis import predict_pb2
+
+    response = predict_pb2.PredictResponse()
+    response.outputs["y"].string_val.append(b"left over")
+    out = numpy_to_tensor_proto(np.float32([[1.0, 2.0]]), tensor_content=False, out=response.outputs["y"])
+    assert out is response.outputs["y"]
+    assert list(out.float_val) == [1.0, 2.0] and not out.string_val  # cleared first, as AsProtoField does
+    numpy_to_tensor_proto(np.float32([4.0]), out=response.outputs["y"])
+    assert not response.outputs["y"].float_val
+    assert response.outputs["y"].tensor_content == np.float32([4.0]).tobytes()
+
+
 def test_tensor_proto_errors():
     from tensorflow.core.framework import tensor_pb2
 
