@@ -37,9 +37,23 @@ def parse_model_server_config(text: str, source: str = "<config>") -> ModelServe
     try:
         text_format.Parse(expanded, config)
     except text_format.ParseError as error:
-        raise ConfigError(f"cannot parse model config file {source}: {error}") from None
+        raise ConfigError(f"cannot parse model config file {source}: {_text_format_error(error, config)}") from None
     validate_model_server_config(config, source)
     return config
+
+
+def _text_format_error(error: text_format.ParseError, message: ModelServerConfig) -> str:
+    """The parse error in protobuf's C++ wording, which TF Serving logs and its users (and tests) grep for.
+
+    protobuf's C++ ``TextFormat`` parser logs ``Error parsing text-format <message type>: <line>:<column>:
+    <what>`` (1-based); Python's ``ParseError`` says ``<line>:<column> : <what>``.
+    """
+    text = str(error)
+    line, column = error.GetLine(), error.GetColumn()
+    if line is not None and column is not None:
+        text = text.removeprefix(f"{line}:{column} : ")
+        return f"Error parsing text-format {message.DESCRIPTOR.full_name}: {line}:{column}: {text}"
+    return f"Error parsing text-format {message.DESCRIPTOR.full_name}: {text}"
 
 
 def read_model_server_config(path: str | os.PathLike[str]) -> ModelServerConfig:
