@@ -27,10 +27,9 @@ from .errors import ServingError, failed_precondition
 from .object_graph_servable import ObjectGraphServable, load_object_graph
 from .servable import Servable
 from .session_servable import SessionServable, load_session_bundle, uninitialized_variables
+from .source import SAVED_MODEL_FILES, TFLITE_FILE
 
 log = logging.getLogger(__name__)
-
-TFLITE_FILE = "model.tflite"
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,9 @@ def load_servable(name: str, version: int, path: Path, options: LoaderOptions) -
         from .tflite_servable import load_tflite_servable
 
         return load_tflite_servable(name, version, path, options)
+    if (path / TFLITE_FILE).is_file() and not any((path / file).is_file() for file in SAVED_MODEL_FILES):
+        raise failed_precondition(f"{path} holds a {TFLITE_FILE} and no SavedModel: serve it with "
+                                  "--prefer_tflite_model=true")
     return _load_saved_model(name, version, path, options)
 
 

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 _VARIABLES_SHARD = re.compile(r"^variables\.data-(\d+)-of-(\d+)$")
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+TFLITE_FILE = "model.tflite"
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,14 @@ def list_versions(base_path: str | os.PathLike[str]) -> dict[int, VersionOnDisk]
 
 
 def check_complete(version_dir: Path) -> tuple[bool, str]:
-    """Does the directory hold a whole SavedModel? Returns (complete, what is missing)."""
+    """Does the directory hold a whole SavedModel (or a TFLite model)? Returns (complete, what is missing).
+
+    A ``model.tflite`` is one file: it is complete once it holds still for a poll, which
+    the source checks for every new version anyway.
+    """
     if not any((version_dir / name).is_file() for name in SAVED_MODEL_FILES):
+        if (version_dir / TFLITE_FILE).is_file():
+            return True, ""
         return False, "no saved_model.pb yet"
     variables = version_dir / "variables"
     if not variables.is_dir():

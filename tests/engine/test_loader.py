@@ -56,3 +56,16 @@ def test_a_tf1_graph_whose_signature_reads_an_unsaved_variable_fails_the_load_wi
         _load(export)
     assert error.value.code is Code.FAILED_PRECONDITION
     assert "forgotten" in error.value.message and "kept" not in error.value.message.split("reads")[-1]
+
+
+def test_a_tflite_only_version_without_prefer_tflite_says_which_flag_serves_it(tmp_path):
+    function = tf.function(lambda x: x * 2.0, input_signature=[tf.TensorSpec([None, 1], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()])
+    version = tmp_path / "1"
+    version.mkdir()
+    (version / "model.tflite").write_bytes(converter.convert())
+    with pytest.raises(ServingError) as error:
+        _load(version)
+    assert error.value.code is Code.FAILED_PRECONDITION and "--prefer_tflite_model=true" in error.value.message
+    servable = load_servable("m", 1, version, LoaderOptions(prefer_tflite_model=True))
+    assert servable.kind == "tflite"

@@ -156,9 +156,6 @@ def test_concurrent_requests_through_batching(keras_tflite, tmp_path):
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="engine/source.py's check_complete wants saved_model.pb, so a version folder "
-                   "holding only model.tflite stays END; TF Serving loads it (saved_model_bundle_factory.cc: "
-                   "TfLiteModelFound before the SavedModel)")
 def test_version_folder_with_only_model_tflite(keras_tflite, tmp_path):
     model, base, _input, _output = keras_tflite
     server = _start(base.parent / "only" / MODEL, tmp_path / "server.log", wait=False)
