@@ -26,3 +26,15 @@ def make_session_callable(session: Any, feeds: list[str], fetches: list[str]) ->
     options.feed.extend(feeds)
     options.fetch.extend(fetches)
     return session._make_callable_from_options(options)
+
+
+def tflite_model_schema() -> Any:
+    """The Python bindings of TFLite's flatbuffer schema (``Model``, ``Metadata``, ``Buffer``).
+
+    Why private: TF Serving reads a TFLite model's SignatureDefs from its ``signature_defs_metadata``
+    buffer (``tflite::GetSignatureDefMap``), which ``tf.lite.Interpreter`` does not expose; the
+    generated schema bindings TensorFlow ships are the only reader of that buffer in the pip package.
+    """
+    from tensorflow.lite.python import schema_py_generated
+
+    return schema_py_generated

@@ -359,8 +359,10 @@ def _metadata_signature_defs(content: bytes) -> dict[str, Any]:
     """
     from flatbuffers import flexbuffers
     from tensorflow.core.protobuf import meta_graph_pb2
-    from tensorflow.lite.python import schema_py_generated as schema
 
+    from .tf_private import tflite_model_schema
+
+    schema = tflite_model_schema()
     try:
         model = schema.Model.GetRootAsModel(content, 0)
         entries = [model.Metadata(i) for i in range(model.MetadataLength())]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from jupyter_tfserve.engine.tf_private import make_session_callable
+from jupyter_tfserve.engine.tf_private import make_session_callable, tflite_model_schema
 
 
 def test_session_callable_exists_and_skips_pythons_static_shape_check():
@@ -22,3 +22,12 @@ def test_session_callable_exists_and_skips_pythons_static_shape_check():
         # Python; the C++ callable (as TF Serving's session) runs what the kernels accept.
         (scalar,) = run(np.float32(3.0))
         assert float(scalar) == 6.0
+
+
+def test_tflite_schema_reads_a_converted_models_metadata_list():
+    function = tf.function(lambda x: x + 1.0, input_signature=[tf.TensorSpec([1], tf.float32)])
+    content = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()]).convert()
+    model = tflite_model_schema().Model.GetRootAsModel(content, 0)
+    assert model.SubgraphsLength() == 1
+    names = [model.Metadata(i).Name() for i in range(model.MetadataLength())]
+    assert all(isinstance(name, bytes) for name in names)
