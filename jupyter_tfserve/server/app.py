@@ -20,11 +20,11 @@ import tornado.httpserver
 from ..engine.batching import BatchingOptions
 from ..engine.config import ConfigError, ModelServerConfig, read_model_server_config, single_model_config
 from ..engine.engine import Engine, EngineOptions
+from ..engine.loader import default_session_options
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
-from ..engine.servable import default_session_options
 from .auth import ENGINE_SECRET_ENV, Authenticator
 from .control import Control, PathPolicy
-from .grpc_server import make_grpc_server
+from .grpc_server import ChannelArgumentError, make_grpc_server, parse_channel_arguments
 from .management import make_management_app
 from .rest import make_app
 from .state import StateStore
@@ -75,13 +75,48 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         except Exception as error:
             raise ServeError(f"invalid batching parameters in {args.batching_parameters_file}: {error}") from None
     return EngineOptions(
-        session=default_session_options(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism),
+        session=default_session_options(*session_parallelism(args)),
         enable_batching=bool(args.enable_batching),
         batching=batching,
         enable_model_warmup=bool(args.enable_model_warmup),
         allow_version_labels_for_unavailable_models=bool(args.allow_version_labels_for_unavailable_models),
         num_load_threads=args.num_load_threads,
+        # --use_tflite_model is the flag's old name in TF Serving (cli.py warns when it is used).
+        prefer_tflite_model=bool(args.prefer_tflite_model or args.use_tflite_model),
+        enable_signature_method_name_check=bool(args.enable_signature_method_name_check),
     )
+
+
+def session_parallelism(args: argparse.Namespace) -> tuple[int, int]:
+    """(intra-op, inter-op) threads from the three flags, by TF Serving's rule (server.cc).
+
+    Either op-level flag set: both come from those two flags; neither: both are
+    --tensorflow_session_parallelism. 0 means pick for this machine. All three set is an error there
+    and here.
+    """
+    intra, inter = args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism
+    both = args.tensorflow_session_parallelism
+    if intra > 0 and inter > 0 and both > 0:
+        raise ServeError("Either configure --tensorflow_session_parallelism or (--tensorflow_intra_op_parallelism, "
+                         "--tensorflow_inter_op_parallelism) separately. You cannot configure all.")
+    if intra > 0 or inter > 0:
+        return intra, inter
+    return both, both
+
+
+def grpc_listen_addresses(args: argparse.Namespace) -> list[str]:
+    """Where gRPC listens: --grpc_host:--port (0 turns it off) and ``unix:--grpc_socket_path``.
+
+    As in TF Serving (server.cc), the socket is bound with gRPC's own ``unix:`` listener, which
+    replaces a socket file left at the path (even one another server holds) but fails on any
+    other kind of file there.
+    """
+    addresses = []
+    if args.port:
+        addresses.append(f"{args.grpc_host}:{args.port}")
+    if args.grpc_socket_path:
+        addresses.append(f"unix:{args.grpc_socket_path}")
+    return addresses
 
 
 def metrics_path(args: argparse.Namespace) -> str | None:
@@ -99,6 +134,10 @@ class EngineServer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.config = initial_config(args)
+        try:
+            self._grpc_channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
+        except ChannelArgumentError as error:
+            raise ServeError(str(error)) from None
         self.engine = Engine(engine_options(args))
         self.metrics_path = metrics_path(args)
         secret = os.environ.get(ENGINE_SECRET_ENV) or None
@@ -132,17 +171,23 @@ class EngineServer:
                 raise ServeError(f"cannot listen on {args.rest_api_host}:{args.rest_api_port}: {error}") from None
             log.info("REST API at http://%s:%d/v1/models%s", args.rest_api_host, args.rest_api_port,
                      f" (metrics at {self.metrics_path})" if self.metrics_path else "")
-        if args.port:
-            self._grpc = make_grpc_server(self.engine, args.max_request_body_bytes, self.auth)
-            address = f"{args.grpc_host}:{args.port}"
-            try:
-                bound = self._grpc.add_insecure_port(address)
-            except RuntimeError as error:
-                raise ServeError(f"cannot listen on {address}: {error}") from None
-            if not bound:
-                raise ServeError(f"cannot listen on {address}")
+        grpc_addresses = grpc_listen_addresses(args)
+        if grpc_addresses:
+            self._grpc = make_grpc_server(
+                self.engine, self.auth, channel_arguments=self._grpc_channel_arguments,
+                response_tensor_content=bool(args.grpc_response_tensor_content
+                                             or args.enable_serialization_as_tensor_content),
+            )
+            for address in grpc_addresses:
+                try:
+                    bound = self._grpc.add_insecure_port(address)
+                except RuntimeError as error:
+                    raise ServeError(f"cannot listen on {address}: {error}") from None
+                if not bound:
+                    raise ServeError(f"cannot listen on {address}")
             await self._grpc.start()
-            log.info("gRPC API at %s", address)
+            for address in grpc_addresses:
+                log.info("gRPC API at %s", address)
         if args.management_port:
             self._management = tornado.httpserver.HTTPServer(make_management_app(self.control, self.auth))
             try:

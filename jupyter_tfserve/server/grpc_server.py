@@ -7,6 +7,8 @@ codes from the engine become gRPC status codes unchanged.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 
 import grpc
 from tensorflow_serving.apis import (
@@ -80,9 +82,18 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, engine: Engine, auth: Authenticator | None = None) -> None:
+    """TF Serving's PredictionService.
+
+    Predict answers in the typed fields (``float_val``, ...) as TF Serving does by default
+    (``Tensor::AsProtoField``), because clients read them directly; ``tensor_content=True``
+    answers in ``tensor_content`` instead (TF Serving's ``--enable_serialization_as_tensor_content``),
+    cheaper for large outputs but readable only by clients that decode with ``tf.make_ndarray``.
+    """
+
+    def __init__(self, engine: Engine, auth: Authenticator | None = None, tensor_content: bool = False) -> None:
         self.engine = engine
         self.auth = auth
+        self.tensor_content = tensor_content
 
     async def Predict(self, request, context):
         try:
@@ -95,12 +106,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 entrypoint="GRPC",
                 route_key=metadata.get(_ROUTE_KEY),
             )
+            response = predict_pb2.PredictResponse()
+            _fill_spec(response.model_spec, answer.name, answer.version, answer.signature_name)
+            for alias, array in answer.outputs.items():
+                tensors.numpy_to_tensor_proto(array, tensor_content=self.tensor_content, out=response.outputs[alias])
         except ServingError as error:
             await _abort(context, error)
-        response = predict_pb2.PredictResponse()
-        _fill_spec(response.model_spec, answer.name, answer.version, answer.signature_name)
-        for alias, array in answer.outputs.items():
-            response.outputs[alias].CopyFrom(tensors.numpy_to_tensor_proto(array))
         return response
 
     async def Classify(self, request, context):
@@ -229,13 +240,75 @@ def _fill_regressions(result, values) -> None:
         result.regressions.add().value = value
 
 
-def make_grpc_server(engine: Engine, max_message_bytes: int, auth: Authenticator | None = None) -> grpc.aio.Server:
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.aio.server(options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(engine, auth), server)
+# TF Serving's gRPC server accepts messages up to INT32_MAX bytes (server.cc:
+# builder.SetMaxMessageSize(std::numeric_limits<int32_t>::max()), which sets the receive limit);
+# the send limit stays gRPC's default, none.
+MAX_MESSAGE_BYTES = 2**31 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_SIMPLE_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*", re.ASCII)
+
+ChannelArgument = tuple[str, int | str]
+
+
+class ChannelArgumentError(ValueError):
+    """An entry of --grpc_channel_arguments that is not ``key=value``."""
+
+
+def parse_channel_arguments(text: str) -> list[ChannelArgument]:
+    """``--grpc_channel_arguments`` as TF Serving's ``parseGrpcChannelArgs`` reads it.
+
+    Entries are split at every comma, then each at ``=`` into key and value; a value that
+    ``absl::SimpleAtoi`` reads as an int32 (surrounding whitespace and a sign allowed) is passed as
+    an integer, anything else as a string (gRPC ignores, with a log line, a string where it wants an
+    integer). TF Serving indexes past the end of the split for an entry without ``=`` (an empty
+    entry, a trailing comma): undefined behaviour there, an error here. Like TF Serving, text after
+    a second ``=`` is dropped; we say so in the log.
+    """
+    arguments: list[ChannelArgument] = []
+    if not text:
+        return arguments
+    for entry in text.split(","):
+        pieces = entry.split("=")
+        if len(pieces) < 2:
+            raise ChannelArgumentError(f"--grpc_channel_arguments entry {entry!r} is not key=value "
+                                       f"(in {text!r})")
+        key, value = pieces[0], pieces[1]
+        if len(pieces) > 2:
+            log.warning("--grpc_channel_arguments entry %r: using %r as the value of %s and dropping the rest, "
+                        "as TF Serving does", entry, value, key)
+        match = _SIMPLE_ATOI.fullmatch(value)
+        number = int(match.group(1)) if match else None
+        if number is not None and _INT32_MIN <= number <= _INT32_MAX:
+            arguments.append((key, number))
+        else:
+            arguments.append((key, value))
+    return arguments
+
+
+def server_options(channel_arguments: Sequence[ChannelArgument] = ()) -> list[ChannelArgument]:
+    """The grpc.aio server's options: TF Serving's message limit, then the user's arguments.
+
+    Each key appears once, with its last value: an argument overrides our default (so
+    ``grpc.max_receive_message_length`` lowers or raises the limit) and a later duplicate an
+    earlier one, which TF Serving's own test harness relies on when it appends
+    ``grpc.so_reuseaddr=1`` to a test's arguments.
+    """
+    options: dict[str, int | str] = {
+        "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+        # Two servers must not share a port silently (gRPC turns SO_REUSEPORT on by default).
+        "grpc.so_reuseport": 0,
+    }
+    for key, value in channel_arguments:
+        options.pop(key, None)
+        options[key] = value
+    return list(options.items())
+
+
+def make_grpc_server(engine: Engine, auth: Authenticator | None = None, *,
+                     channel_arguments: Sequence[ChannelArgument] = (),
+                     response_tensor_content: bool = False) -> grpc.aio.Server:
+    server = grpc.aio.server(options=server_options(channel_arguments))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(engine, auth, tensor_content=response_tensor_content), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine, auth), server)
     return server
