@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tornado.httpserver
 
-from ..engine.batching import BatchingOptions
+from ..engine.batching_options import BatchingOptions
 from ..engine.config import ConfigError, ModelServerConfig, read_model_server_config, single_model_config
 from ..engine.engine import Engine, EngineOptions
 from ..engine.loader import default_session_options
