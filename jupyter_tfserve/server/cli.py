@@ -77,7 +77,6 @@ IGNORED_FLAGS: tuple[tuple[str, type, object, str], ...] = (
      "Here TensorFlow's own XLA settings are left as they are, whatever is given"),
     ("xla_gpu_compilation_enabled", bool, False,
      "TF Serving: allow XLA:CPU and XLA:GPU JIT. As --xla_cpu_compilation_enabled: no effect"),
-    ("enable_profiler", bool, True, "TF Serving: the profiler gRPC service. Not offered here: no effect"),
     ("thread_pool_factory_config_file", str, "",
      "TF Serving: a ThreadPoolConfig for request thread pools. Not read here: no effect"),
     ("mixed_precision", str, "", "TF Serving: mixed-precision mode (bfloat16). Models run as saved here: no effect"),
@@ -152,6 +151,9 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
          "tf.make_ndarray (not .float_val and the like) can use it")
     flag(grpc, "enable_serialization_as_tensor_content", bool, False,
          "TF Serving's name for --grpc_response_tensor_content")
+    flag(grpc, "enable_profiler", bool, True,
+         "TensorFlow's ProfilerService on the gRPC port (TensorBoard's capture profile); it traces this "
+         "process and writes where the caller says, so it answers the engine's owner only")
 
     engine = parser.add_argument_group("this engine's own flags (not in TF Serving)")
     flag(engine, "require_auth", bool, False,

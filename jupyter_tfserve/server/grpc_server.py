@@ -30,6 +30,7 @@ from ..engine.errors import ServingError, invalid_argument
 from ..engine.manager import State
 from ..engine.routing import ROUTE_KEY_HEADER
 from .auth import ENGINE_SECRET_HEADER, Authenticator
+from .profiler_service import ProfilerService
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +307,10 @@ def server_options(channel_arguments: Sequence[ChannelArgument] = ()) -> list[Ch
 
 def make_grpc_server(engine: Engine, auth: Authenticator | None = None, *,
                      channel_arguments: Sequence[ChannelArgument] = (),
-                     response_tensor_content: bool = False) -> grpc.aio.Server:
+                     response_tensor_content: bool = False, enable_profiler: bool = False) -> grpc.aio.Server:
     server = grpc.aio.server(options=server_options(channel_arguments))
+    if enable_profiler:
+        server.add_generic_rpc_handlers([ProfilerService(auth)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(engine, auth, tensor_content=response_tensor_content), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine, auth), server)

@@ -29,9 +29,6 @@ RUN = SUITE / "run.sh"
 CANNOT_PASS_HERE = {
     "test_tf_text": "the tf_text_regression model is not in ../shared and needs the tensorflow-text ops; the test "
                     "also reads flags.os, which TensorFlow's flags module no longer has",
-    "test_profiler_service_with_valid_trace_request":
-        "not built: TensorFlow's ProfilerService is not in the pip package's Python protos, and forwarding to "
-        "tf.profiler.experimental.server would open a port on every interface",
 }
 
 
