@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import Code, ServingError, failed_precondition, invalid_argument, unavailable
-from .loader import TFLITE_FILE
 from .servable import Servable, as_serving_error
 from .signature import (
     DEFAULT_SIGNATURE,
@@ -64,6 +63,7 @@ from .signature import (
     PREDICT_METHOD,
     SignatureSpec,
 )
+from .source import TFLITE_FILE
 
 if TYPE_CHECKING:
     from .loader import LoaderOptions
