@@ -27,13 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..wire import ROUTE_KEY_HEADER, VERSION_HEADER  # noqa: F401 (re-exported for the engine's modules)
 from .errors import invalid_argument
 
 log = logging.getLogger(__name__)
 
-ROUTE_KEY_HEADER = "X-TFServe-Route-Key"
-# Every answer names the version that gave it (a split or a label may have chosen it).
-VERSION_HEADER = "X-TFServe-Model-Version"
 DIFFERENCE_BIN_EDGES = tuple([0.0] + [10.0**exponent for exponent in range(-7, 3)] + [math.inf])
 _HISTOGRAM_BINS = np.array((*DIFFERENCE_BIN_EDGES[:-1], 1e301))  # np.histogram wants finite edges
 

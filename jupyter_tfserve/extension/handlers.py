@@ -18,8 +18,7 @@ import tornado.web
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 
-from ..engine.routing import ROUTE_KEY_HEADER, VERSION_HEADER
-from ..server.auth import bearer_token
+from ..wire import ROUTE_KEY_HEADER, VERSION_HEADER, bearer_token
 
 FORWARDED_REQUEST_HEADERS = ("Content-Type", ROUTE_KEY_HEADER)
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", VERSION_HEADER)

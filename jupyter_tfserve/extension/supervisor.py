@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from ..server.auth import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER
+from ..wire import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER
 
 log = logging.getLogger(__name__)
 

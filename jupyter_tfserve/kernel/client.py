@@ -27,8 +27,7 @@ import numpy as np
 import requests
 import tornado.httpclient
 
-from ..engine.routing import ROUTE_KEY_HEADER, VERSION_HEADER
-from ..server.auth import ENGINE_SECRET_HEADER
+from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
 from . import private_engine
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from ..server.auth import SHARE_VERBS
+from ..wire import SHARE_VERBS
 from .client import TFServeClient, TFServeError, default_client
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")

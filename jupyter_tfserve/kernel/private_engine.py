@@ -30,7 +30,7 @@ import requests
 from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
 
 from ..extension.supervisor import EngineSettings, engine_command, free_port
-from ..server.auth import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER
+from ..wire import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER
 
 log = logging.getLogger(__name__)
 

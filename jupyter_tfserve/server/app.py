@@ -22,7 +22,8 @@ from ..engine.config import ConfigError, ModelServerConfig, read_model_server_co
 from ..engine.engine import Engine, EngineOptions
 from ..engine.loader import default_session_options
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
-from .auth import ENGINE_SECRET_ENV, Authenticator
+from ..wire import ENGINE_SECRET_ENV
+from .auth import Authenticator
 from .control import Control, PathPolicy
 from .grpc_server import ChannelArgumentError, make_grpc_server, parse_channel_arguments
 from .management import make_management_app

@@ -21,13 +21,16 @@ import time
 from dataclasses import dataclass
 
 from ..engine.errors import Code, ServingError, invalid_argument
+from ..wire import (  # noqa: F401 (re-exported: the engine's modules import them from here)
+    DEFAULT_SHARE_VERBS,
+    ENGINE_SECRET_ENV,
+    ENGINE_SECRET_HEADER,
+    SHARE_VERBS,
+    TOKEN_PREFIX,
+    bearer_token,
+)
 from .state import StateStore, TokenRecord
 
-ENGINE_SECRET_HEADER = "X-TFServe-Engine-Secret"
-ENGINE_SECRET_ENV = "TFSERVE_ENGINE_SECRET"
-TOKEN_PREFIX = "tfs_"
-SHARE_VERBS = ("predict", "classify", "regress", "metadata", "status")
-DEFAULT_SHARE_VERBS = ("predict", "metadata", "status")
 DEFAULT_TOKEN_LIFETIME_SECONDS = 24 * 3600
 MAX_TOKEN_LIFETIME_SECONDS = 365 * 24 * 3600
 
@@ -65,17 +68,6 @@ OWNER = Access(owner=True)
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The share token in an ``Authorization: Bearer tfs_...`` header, if that is what it holds."""
-    if not authorization:
-        return None
-    scheme, _, value = authorization.strip().partition(" ")
-    value = value.strip()
-    if scheme.lower() != "bearer" or not value.startswith(TOKEN_PREFIX):
-        return None
-    return value
 
 
 class Authenticator:

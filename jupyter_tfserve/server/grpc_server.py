@@ -28,8 +28,8 @@ from ..engine.config import ConfigError, validate_model_server_config
 from ..engine.engine import Engine, Target, serialized_examples
 from ..engine.errors import ServingError, invalid_argument
 from ..engine.manager import State
-from ..engine.routing import ROUTE_KEY_HEADER
-from .auth import ENGINE_SECRET_HEADER, Authenticator
+from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER
+from .auth import Authenticator
 from .profiler_service import ProfilerService
 
 log = logging.getLogger(__name__)

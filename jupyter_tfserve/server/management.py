@@ -20,7 +20,8 @@ import orjson
 import tornado.web
 
 from ..engine.errors import Code, ServingError, invalid_argument
-from .auth import ENGINE_SECRET_HEADER, Authenticator
+from ..wire import ENGINE_SECRET_HEADER
+from .auth import Authenticator
 from .control import Control
 
 log = logging.getLogger(__name__)

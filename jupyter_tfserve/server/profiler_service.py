@@ -32,7 +32,8 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ..engine.errors import Code, ServingError
-from .auth import ENGINE_SECRET_HEADER, Authenticator
+from ..wire import ENGINE_SECRET_HEADER
+from .auth import Authenticator
 
 log = logging.getLogger(__name__)
 

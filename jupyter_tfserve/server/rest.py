@@ -18,8 +18,8 @@ from ..engine import tensors
 from ..engine.engine import Answer, Engine, Target
 from ..engine.errors import Code, ServingError, invalid_argument
 from ..engine.manager import status_to_json
-from ..engine.routing import ROUTE_KEY_HEADER, VERSION_HEADER
-from .auth import ENGINE_SECRET_HEADER, Access, Authenticator
+from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
+from .auth import Access, Authenticator
 
 log = logging.getLogger(__name__)
 
