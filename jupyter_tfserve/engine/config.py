@@ -107,8 +107,38 @@ def write_model_server_config(config: ModelServerConfig, path: str | os.PathLike
     write_text_atomically(Path(path), format_model_server_config(config))
 
 
+def make_private_dirs(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` and any missing parent as 0700; folders that already exist keep their mode.
+
+    ``Path.mkdir(parents=True, mode=...)`` applies the mode to the last folder only (the
+    parents get the umask's 0755): every folder this engine creates holds state that is
+    nobody else's business, so each is created owner-only from the start rather than
+    chmod-ed afterwards.
+    """
+    target = Path(path)
+    missing = []
+    for folder in (target, *target.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue
+        os.chmod(folder, 0o700)  # exactly 0700 whatever the umask (only the owner bits can differ)
+    return target
+
+
 def write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``text`` to a temporary file beside ``path`` (0600, mkstemp's mode), then rename it into place.
+
+    The file is owner-only from its first byte: the model config names every model path, and
+    the files this engine writes are read by no one else.
+    """
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:

@@ -9,10 +9,18 @@ state or the new one, never half of each.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# SQLite's own files beside the database in WAL mode: the log and the shared-memory index. Both
+# hold recent rows (token hashes, routing) and SQLite creates them with the database's mode.
+SIDE_FILE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS routing (
@@ -68,8 +76,8 @@ class StateStore:
     def __init__(self, path: str | Path | None) -> None:
         target = ":memory:"
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
             target = str(path)
+            _create_owner_only(Path(path))
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
@@ -77,7 +85,7 @@ class StateStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
         if path:
-            Path(path).chmod(0o600)
+            _tighten(Path(path))
 
     def close(self) -> None:
         with self._lock:
@@ -143,6 +151,31 @@ class StateStore:
         return self._write(
             "UPDATE share_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, token_id)
         ) > 0
+
+
+def _create_owner_only(path: Path) -> None:
+    """The folder (0700 where created) and an empty database file (0600) before SQLite opens it.
+
+    SQLite creates its ``-wal`` and ``-shm`` files with the mode of the database file, so
+    a database created 0600 keeps its side files owner-only from their first write; a
+    database created by ``sqlite3.connect`` gets the umask's 0644 and so do they.
+    """
+    from ..engine.config import make_private_dirs  # here, not at the top: importing this module stays protobuf-free
+
+    make_private_dirs(path.parent)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(descriptor)
+
+
+def _tighten(path: Path) -> None:
+    """0600 on the database and its side files, for a state file written before they were owner-only."""
+    for candidate in (path, *(path.with_name(path.name + suffix) for suffix in SIDE_FILE_SUFFIXES)):
+        try:
+            if candidate.stat().st_mode & 0o077:
+                candidate.chmod(0o600)
+                log.info("state file %s was readable by other users; it is now owner-only", candidate)
+        except FileNotFoundError:
+            continue
 
 
 _TOKEN_SELECT = (
