@@ -84,9 +84,13 @@ class Authenticator:
     ) -> None:
         self.store = store
         self.default_lifetime_seconds = default_lifetime_seconds
-        # This process is the only writer of its store, so a cache updated on create and revoke is
-        # exact: a revocation takes effect on the next request, with no SQLite read per request.
+        # Token records by id, updated on this engine's own create and revoke. Another engine may
+        # write the same state file (two Jupyter servers of one user, or an engine orphaned by a
+        # SIGKILLed Jupyter): SQLite's data_version, read before each use of the cache, changes
+        # when it does, and the cache is then dropped, so a revocation made anywhere is refused
+        # on the next request here, for one pragma per request rather than a row read.
         self._records: dict[str, TokenRecord | None] = {}
+        self._data_version = store.data_version()
         self._secret = engine_secret or ""
         self.require_auth = require_auth
         self._clock = clock
@@ -123,6 +127,10 @@ class Authenticator:
         return Access(owner=False, model=record.model, verbs=record.verbs, token_id=record.id)
 
     def _record(self, token_id: str) -> TokenRecord | None:
+        version = self.store.data_version()
+        if version != self._data_version:  # another connection committed: every cached row may be stale
+            self._records.clear()
+            self._data_version = version
         if token_id in self._records:
             return self._records[token_id]
         record = self.store.token(token_id)

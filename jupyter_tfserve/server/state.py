@@ -91,6 +91,17 @@ class StateStore:
         with self._lock:
             self._db.close()
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: it changes when another connection commits to the file.
+
+        Another engine on the same file (two Jupyter servers of one user, or an engine
+        orphaned by a SIGKILLed Jupyter) writes through its own connection; this number is
+        how a cache of rows learns about it, at the cost of one pragma (a read of the WAL
+        index in shared memory, no disk I/O). This connection's own commits leave it as it is.
+        """
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def _write(self, sql: str, parameters: tuple) -> int:
         with self._lock:
             cursor = self._db.execute(sql, parameters)
