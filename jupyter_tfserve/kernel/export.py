@@ -44,6 +44,36 @@ class ExportResult:
                 f"POST {self.predict_url}")
 
 
+def _make_owner_only_dirs(path: Path) -> None:
+    """``path`` and any missing parent created 0700 (``mkdir(parents=True)`` gives parents the umask's 0755)."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+            os.chmod(folder, 0o700)
+
+
+def _make_owner_only(tree: Path) -> None:
+    """Folders 0700, files 0600 under ``tree``, before it is published.
+
+    A SavedModel is code the engine runs: a version another user could read leaks the
+    model, and one they could write (a copied folder keeps its source's modes, 0777
+    included) would run their code; the engine refuses the latter.
+    """
+    os.chmod(tree, 0o700)
+    for root, folders, files in os.walk(tree):
+        for name in folders:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o700)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o600)
+
+
 def next_version(base: Path) -> int:
     versions = [int(entry.name) for entry in base.iterdir() if entry.name.isdigit()] if base.is_dir() else []
     return max(versions, default=0) + 1
@@ -171,7 +201,7 @@ def export_model(client: TFServeClient, model: Any, name: str, *, label: str | N
     started = time.perf_counter()
     served = client.find_model(name)
     base = Path(served["base_path"]) if served else Path(client.model_repository_root()) / name
-    base.mkdir(parents=True, exist_ok=True)
+    _make_owner_only_dirs(base)
     version = max(next_version(base), max(_served_versions(served), default=0) + 1 if served else 1)
     report(f"saving version {version} to {base}")
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
@@ -181,7 +211,7 @@ def export_model(client: TFServeClient, model: Any, name: str, *, label: str | N
         if warmup is not None:
             write_warmup(staging, name, warmup)
             report("wrote a warmup request")
-        os.chmod(staging, 0o755)
+        _make_owner_only(staging)
         os.rename(staging, base / str(version))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
