@@ -22,6 +22,11 @@ ModelConfig = model_server_config_pb2.ModelConfig
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def env_references(text: str) -> list[str]:
+    """The ``${VAR}`` references in ``text`` that reading it as a config file would expand."""
+    return _ENV_REFERENCE.findall(text)
+
+
 class ConfigError(ValueError):
     """A configuration file or message that cannot be used; the message names the source."""
 

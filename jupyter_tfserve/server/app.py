@@ -178,7 +178,7 @@ class EngineServer:
                 self.engine, self.auth, channel_arguments=self._grpc_channel_arguments,
                 response_tensor_content=bool(args.grpc_response_tensor_content
                                              or args.enable_serialization_as_tensor_content),
-                enable_profiler=bool(args.enable_profiler),
+                enable_profiler=bool(args.enable_profiler), paths=self.control.paths,
             )
             for address in grpc_addresses:
                 try:

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.batching_options import BatchingOptions
-from ..engine.config import ModelConfig, ModelServerConfig, format_model_server_config, write_text_atomically
+from ..engine.config import (
+    ModelConfig,
+    ModelServerConfig,
+    env_references,
+    format_model_server_config,
+    write_text_atomically,
+)
 from ..engine.engine import Engine
 from ..engine.errors import Code, ServingError, failed_precondition, invalid_argument, not_found
 from ..engine.routing import Shadow, parse_arm, parse_split
@@ -54,6 +60,12 @@ class PathPolicy:
     The check runs on the fully resolved path (``os.path.realpath``), so ``..`` and
     symlinks that lead out of the root are caught whatever their spelling, and the
     resolved path is what gets served, so swapping a symlink later redirects nothing.
+
+    It guards every way a client names a base path: the management API's load and
+    TF Serving's ``HandleReloadConfigRequest`` (:meth:`check_config`). A path holding a
+    ``${VAR}`` reference is refused, because the model config file it is written to
+    expands references when read back (at the next start): the path checked would not
+    be the path served.
     """
 
     def __init__(self, root: str | None, allowed: list[str]) -> None:
@@ -81,7 +93,37 @@ class PathPolicy:
             raise ServingError(Code.PERMISSION_DENIED,
                                f"'base_path' {base_path} resolves to {resolved}, outside the model repository "
                                f"({allowed})")
+        references = env_references(base_path) + env_references(str(resolved))
+        if references:
+            raise ServingError(Code.PERMISSION_DENIED,
+                               f"'base_path' {base_path} holds ${{{references[0]}}}: the model config file expands "
+                               "such references when it is read back, so the path checked would not be the path "
+                               "served; rename the folder")
         return str(resolved)
+
+    def check_config(self, config: ModelServerConfig, served: ModelServerConfig) -> ModelServerConfig:
+        """``config`` with every new base path checked and resolved, as :meth:`resolve` does for one.
+
+        For ``HandleReloadConfigRequest``, which replaces the whole config: without it, the
+        one call TF Serving's clients use to add a model would load from anywhere while the
+        management API refuses the same path. A base path the engine already serves (from
+        its own config file, or checked when it was added) is kept as it is, so a client
+        can send back the config with one model more. An engine with no repository root
+        is TF Serving, which serves whatever a reload names: the config passes unchanged.
+        """
+        if not self.roots:
+            return config
+        served_paths = {model.base_path for model in served.model_config_list.config}
+        checked = ModelServerConfig()
+        checked.CopyFrom(config)
+        for model in checked.model_config_list.config:
+            if model.base_path in served_paths:
+                continue
+            try:
+                model.base_path = self.resolve(model.base_path)
+            except ServingError as error:
+                raise ServingError(error.code, f"model {model.name}: {error.message}") from None
+        return checked
 
 
 def policy_from_json(value: Any, model: ModelConfig) -> None:

@@ -30,6 +30,7 @@ from ..engine.errors import ServingError, invalid_argument
 from ..engine.manager import State
 from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER
 from .auth import Authenticator
+from .control import PathPolicy
 from .profiler_service import ProfilerService
 
 log = logging.getLogger(__name__)
@@ -191,9 +192,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, engine: Engine, auth: Authenticator | None = None) -> None:
+    def __init__(self, engine: Engine, auth: Authenticator | None = None, paths: PathPolicy | None = None) -> None:
         self.engine = engine
         self.auth = auth
+        self.paths = paths
 
     async def GetModelStatus(self, request, context):
         try:
@@ -217,7 +219,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         try:
             _authorize(self.auth, context, None, None)
             validate_model_server_config(request.config, "ReloadConfigRequest")
-            await self.engine.reload_config(request.config)
+            config = request.config
+            if self.paths is not None:  # the management API's path rule holds here too
+                config = self.paths.check_config(config, self.engine.manager.config)
+            await self.engine.reload_config(config)
         except ConfigError as error:
             log.error("ReloadConfig failed: %s", error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -307,11 +312,12 @@ def server_options(channel_arguments: Sequence[ChannelArgument] = ()) -> list[Ch
 
 def make_grpc_server(engine: Engine, auth: Authenticator | None = None, *,
                      channel_arguments: Sequence[ChannelArgument] = (),
-                     response_tensor_content: bool = False, enable_profiler: bool = False) -> grpc.aio.Server:
+                     response_tensor_content: bool = False, enable_profiler: bool = False,
+                     paths: PathPolicy | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(options=server_options(channel_arguments))
     if enable_profiler:
         server.add_generic_rpc_handlers([ProfilerService(auth)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(engine, auth, tensor_content=response_tensor_content), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine, auth), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine, auth, paths), server)
     return server
