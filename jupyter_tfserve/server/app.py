@@ -24,7 +24,7 @@ from ..engine.loader import default_session_options
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
 from ..wire import ENGINE_SECRET_ENV
 from .auth import Authenticator
-from .control import Control, PathPolicy
+from .control import Control, PathPolicy, allowed_model_paths
 from .grpc_server import ChannelArgumentError, make_grpc_server, parse_channel_arguments
 from .management import make_management_app
 from .rest import make_app
@@ -147,7 +147,7 @@ class EngineServer:
         self.store = StateStore(args.state_db or None)
         self.auth = Authenticator(self.store, secret, bool(args.require_auth),
                                   default_lifetime_seconds=args.share_token_lifetime_seconds)
-        allowed = [path.strip() for path in args.allowed_model_paths.split(",") if path.strip()]
+        allowed = allowed_model_paths(args)
         self.control = Control(
             self.engine, self.store, self.auth, PathPolicy(args.model_repository_root or None, allowed),
             args.model_config_file or None, on_config_written=self._config_written,

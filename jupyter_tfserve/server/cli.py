@@ -165,7 +165,12 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
          "SQLite file keeping routing, per-model batching and share tokens across restarts (default: memory)")
     flag(engine, "model_repository_root", str, "",
          "The management API loads models only from under this folder (and --allowed_model_paths)")
-    flag(engine, "allowed_model_paths", str, "", "Comma-separated folders the management API may also load from")
+    flag(engine, "allowed_model_paths", str, "",
+         "Comma-separated folders the management API may also load from; the value is split at every comma, so "
+         "a folder whose name holds one goes in --allowed_model_path")
+    engine.add_argument("--allowed_model_path", action="append", default=None, metavar="PATH",
+                        help="One more folder the management API may load from, taken as written (commas and "
+                        "spaces included); repeat the flag for each folder")
     flag(engine, "share_token_lifetime_seconds", int, 24 * 3600,
          "How long a share token lasts when its creator does not say")
 

@@ -9,6 +9,7 @@ back and is where it was.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -124,6 +125,18 @@ class PathPolicy:
             except ServingError as error:
                 raise ServingError(error.code, f"model {model.name}: {error.message}") from None
         return checked
+
+
+def allowed_model_paths(args: argparse.Namespace) -> list[str]:
+    """The folders of ``--allowed_model_paths`` (comma-separated) then of each ``--allowed_model_path``.
+
+    The comma form splits at every comma, so it suits simple paths only; a folder whose
+    name holds a comma is given whole with the repeatable ``--allowed_model_path``, taken
+    as written (no splitting, no stripping). Splitting such a name would allow the folders
+    its pieces happen to name instead of the one meant.
+    """
+    folders = [path.strip() for path in (args.allowed_model_paths or "").split(",") if path.strip()]
+    return folders + [path for path in (getattr(args, "allowed_model_path", None) or []) if path]
 
 
 def policy_from_json(value: Any, model: ModelConfig) -> None:

@@ -8,6 +8,8 @@ checked as written but served as expanded once the config file was read back.
 
 from __future__ import annotations
 
+import argparse
+
 import grpc
 import pytest
 import requests
@@ -20,6 +22,7 @@ from jupyter_tfserve.engine.config import (
     single_model_config,
 )
 from jupyter_tfserve.engine.errors import Code, ServingError
+from jupyter_tfserve.server.cli import build_parser
 from jupyter_tfserve.server.control import PathPolicy
 from tests.helpers.models import write_tf1_half_plus
 from tests.helpers.server import free_port
@@ -110,3 +113,26 @@ def test_a_reload_on_an_engine_without_a_repository_root_serves_any_path_as_tf_s
     server = start_server()
     assert _reload(server.grpc_target, _config(("m", str(tmp_path / "anywhere" / "m"))), ()).status.error_code == 0
     server.wait_for_state("m", 1)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_allowed_model_paths_with_a_comma_in_a_folder_name(tmp_path):
+    from jupyter_tfserve.server.control import allowed_model_paths
+
+    odd = tmp_path / "models, v2"
+    odd.mkdir()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    # The comma form keeps working for simple paths...
+    assert allowed_model_paths(_args(f"--allowed_model_paths={plain}, /srv/a")) == [str(plain), "/srv/a"]
+    # ...and --allowed_model_path takes one folder as written, commas included, as often as needed.
+    args = _args(f"--allowed_model_path={odd}", f"--allowed_model_path={plain}", "--allowed_model_paths=/srv/a,/srv/b")
+    assert allowed_model_paths(args) == ["/srv/a", "/srv/b", str(odd), str(plain)]
+    policy = PathPolicy(None, allowed_model_paths(args))
+    assert policy.resolve(str(odd / "m")) == str(odd / "m")
+    with pytest.raises(ServingError):
+        policy.resolve(str(tmp_path / "models"))  # before, the comma split it into '.../models' and ' v2'
+    assert allowed_model_paths(_args()) == []
