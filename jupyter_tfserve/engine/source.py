@@ -4,14 +4,23 @@ TF Serving aspires a numbered directory the moment it appears, so a version
 that is still being copied fails to load (and is never retried) or loads
 without its variables. This source only offers versions that look complete
 and whose files have stopped changing; the manager retries any that still fail.
+
+A SavedModel is code: its ops run as the engine's user. An engine with a model
+repository (the Jupyter extension's, the private engine's) therefore also refuses a
+version that someone else could have put there or could change (:class:`VersionTrust`);
+a standalone engine, like TF Serving, serves what its folders hold.
 """
 
 from __future__ import annotations
 
+import functools
+import grp
 import logging
 import os
+import pwd
 import re
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ModelConfig
@@ -32,14 +41,159 @@ class VersionOnDisk:
     problem: str = ""
 
 
-def list_versions(base_path: str | os.PathLike[str]) -> dict[int, VersionOnDisk]:
+# Most entries (folders and files) one version may hold before the trust check gives up on it.
+MAX_CHECKED_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class VersionTrust:
+    """Which version folders an engine with a model repository serves, as ssh decides which keys it reads.
+
+    TF Serving loads any numbered folder under a served path, following symlinks. On a
+    machine shared with other users that lets anyone who can write a folder on the way,
+    or swap a symlink, choose the code the engine runs. A version is served only if:
+
+    - it resolves (symlinks followed) under an allowed path: the repository root, an
+      allowed folder, or the model's own base path; so does every symlink inside it;
+    - no other user can change it: the version folder, everything in it, and every folder
+      from it up to that allowed path are owned by the engine's user or root and are
+      neither world-writable nor group-writable, unless the group is the owner's private
+      group (Debian's rule for ssh's StrictModes); a folder above the version may be
+      writable by others if it is sticky (others cannot rename what is ours).
+
+    Plain folders of the engine's own user pass unchanged, so TF Serving's semantics for
+    them hold. The path offered for loading is the resolved one, so swapping a symlink
+    after the check redirects nothing.
+    """
+
+    roots: tuple[Path, ...]
+    uid: int = field(default_factory=os.geteuid)
+
+    def check(self, base: Path, version_dir: Path) -> tuple[Path, str]:
+        """``(resolved path, "")``, or ``(resolved path, why it is refused)``."""
+        allowed = (*self.roots, Path(os.path.realpath(base)))
+        resolved = Path(os.path.realpath(version_dir))
+        anchor = _within(resolved, allowed)
+        if anchor is None:
+            return resolved, (f"refused: it resolves to {resolved}, outside the allowed paths "
+                              f"({', '.join(str(path) for path in allowed)})")
+        try:
+            for folder in (resolved, *resolved.parents):
+                why = self._changeable(folder, os.stat(folder), sticky_ok=folder != resolved)
+                if why:
+                    return resolved, f"refused: {why}"
+                if folder == anchor:
+                    break
+            why = self._check_tree(resolved, allowed)
+        except OSError as error:
+            why = f"cannot check {error.filename}: {error.strerror}"
+        return resolved, f"refused: {why}" if why else ""
+
+    def _check_tree(self, top: Path, allowed: tuple[Path, ...]) -> str:
+        """The first entry under ``top`` another user could have changed, following symlinks that stay allowed."""
+        seen: set[tuple[int, int]] = set()
+        pending = [str(top)]
+        checked = 0
+        while pending:
+            folder = pending.pop()
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    checked += 1
+                    if checked > MAX_CHECKED_ENTRIES:
+                        return f"{top} holds more than {MAX_CHECKED_ENTRIES} entries"
+                    path = entry.path
+                    if entry.is_symlink():
+                        target = os.path.realpath(path)
+                        if _within(Path(target), allowed) is None:
+                            return f"{path} is a symlink to {target}, outside the allowed paths"
+                        try:
+                            status = os.stat(target)
+                        except FileNotFoundError:
+                            continue  # dangling: nothing to run; the load says what is missing
+                        path = target
+                    else:
+                        status = entry.stat(follow_symlinks=False)
+                    why = self._changeable(path, status, sticky_ok=False)
+                    if why:
+                        return why
+                    if stat.S_ISDIR(status.st_mode) and (status.st_dev, status.st_ino) not in seen:
+                        seen.add((status.st_dev, status.st_ino))
+                        pending.append(path)
+        return ""
+
+    def _changeable(self, path: str | Path, status: os.stat_result, *, sticky_ok: bool) -> str:
+        """Why another user could change ``path`` (its owner, its write bits), or "" when none can."""
+        mode = stat.S_IMODE(status.st_mode)
+        if status.st_uid not in (self.uid, 0):
+            return (f"{path} is owned by uid {status.st_uid}, not by this engine's user (uid {self.uid}) or root; "
+                    "the engine runs no model another user could change")
+        if sticky_ok and mode & stat.S_ISVTX:
+            return ""
+        if mode & stat.S_IWOTH:
+            return f"{path} is writable by every user (mode {mode:04o})"
+        if mode & stat.S_IWGRP and not _private_group(status.st_gid, status.st_uid):
+            return f"{path} is writable by group {status.st_gid}, which has other members (mode {mode:04o})"
+        return ""
+
+
+def _within(path: Path, folders: tuple[Path, ...]) -> Path | None:
+    """The first of ``folders`` that is ``path`` or holds it (all already resolved)."""
+    for folder in folders:
+        if path == folder or folder in path.parents:
+            return folder
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _private_group(gid: int, uid: int) -> bool:
+    """Is ``gid`` the owner's own group: the owner is its only member, by primary or supplementary membership?
+
+    Debian's ssh patch for group-writable files under a umask of 002 (user private
+    groups); a group with no member at all is refused too, since it is usually a setgid
+    program's. Cached per group and owner: the password file is walked once.
+    """
+    try:
+        group = grp.getgrgid(gid)
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return False
+    if any(member != owner for member in group.gr_mem):
+        return False
+    primary = [entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == gid]
+    if any(member != uid for member in primary):
+        return False
+    return bool(primary) or owner in group.gr_mem
+
+
+_trust: VersionTrust | None = None
+
+
+def set_version_trust(trust: VersionTrust | None) -> None:
+    """The rule :func:`list_versions` applies by default in this process (``None``: TF Serving's, none).
+
+    Process-wide because the manager lists versions by base path alone; the engine
+    process sets it once at start from its model-path policy.
+    """
+    global _trust
+    _trust = trust
+
+
+def version_trust() -> VersionTrust | None:
+    return _trust
+
+
+def list_versions(base_path: str | os.PathLike[str], trust: VersionTrust | None = None) -> dict[int, VersionOnDisk]:
     """Every numbered directory under ``base_path`` (``00000123`` is version 123).
 
     Names that are not positive integers are ignored, which is what makes a
-    temporary export directory (``.tmp-...``) invisible.
+    temporary export directory (``.tmp-...``) invisible. With a :class:`VersionTrust`
+    (``trust``, else the process's: see :func:`set_version_trust`), a version it refuses
+    is listed as not complete, with the reason, and the path of one it accepts is resolved.
     """
+    rule = trust or _trust
     base = Path(base_path)
     found: dict[int, VersionOnDisk] = {}
+    names: dict[int, str] = {}
     try:
         entries = list(os.scandir(base))
     except FileNotFoundError:
@@ -54,11 +208,15 @@ def list_versions(base_path: str | os.PathLike[str]) -> dict[int, VersionOnDisk]
         if version <= 0:
             continue
         path = Path(entry.path)
-        complete, problem = check_complete(path)
+        refusal = ""
+        if rule is not None:
+            path, refusal = rule.check(base, path)
+        complete, problem = (False, refusal) if refusal else check_complete(path)
         candidate = VersionOnDisk(version, path, complete, _fingerprint(path), problem)
         # Two directory names for one version (12 and 0012): keep the first, deterministically.
-        if version not in found or str(path) < str(found[version].path):
+        if version not in found or entry.name < names[version]:
             found[version] = candidate
+            names[version] = entry.name
     return found
 
 

@@ -22,6 +22,7 @@ from ..engine.config import ConfigError, ModelServerConfig, read_model_server_co
 from ..engine.engine import Engine, EngineOptions
 from ..engine.loader import default_session_options
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
+from ..engine.source import set_version_trust
 from ..wire import ENGINE_SECRET_ENV
 from .auth import Authenticator
 from .control import Control, PathPolicy, allowed_model_paths
@@ -152,6 +153,7 @@ class EngineServer:
             self.engine, self.store, self.auth, PathPolicy(args.model_repository_root or None, allowed),
             args.model_config_file or None, on_config_written=self._config_written,
         )
+        set_version_trust(self.control.paths.version_trust())
         self._http: tornado.httpserver.HTTPServer | None = None
         self._management: tornado.httpserver.HTTPServer | None = None
         self._grpc = None

@@ -30,6 +30,7 @@ from ..engine.config import (
 from ..engine.engine import Engine
 from ..engine.errors import Code, ServingError, failed_precondition, invalid_argument, not_found
 from ..engine.routing import Shadow, parse_arm, parse_split
+from ..engine.source import VersionTrust
 from .auth import Authenticator
 from .state import StateStore
 
@@ -101,6 +102,14 @@ class PathPolicy:
                                "such references when it is read back, so the path checked would not be the path "
                                "served; rename the folder")
         return str(resolved)
+
+    def version_trust(self) -> VersionTrust | None:
+        """The rule for the version folders under served paths: none without a repository, as TF Serving.
+
+        The base path check above runs once, when a model is added; a version folder
+        appears later (a symlink, another user's folder) and is checked at every poll.
+        """
+        return VersionTrust(tuple(self.roots)) if self.roots else None
 
     def check_config(self, config: ModelServerConfig, served: ModelServerConfig) -> ModelServerConfig:
         """``config`` with every new base path checked and resolved, as :meth:`resolve` does for one.
