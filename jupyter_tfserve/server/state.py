@@ -174,7 +174,10 @@ def _create_owner_only(path: Path) -> None:
     from ..engine.config import make_private_dirs  # here, not at the top: importing this module stays protobuf-free
 
     make_private_dirs(path.parent)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # an existing file is left to SQLite as it is (``_tighten`` then fixes its mode)
     os.close(descriptor)
 
 
