@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 
 import tornado.httpserver
+import tornado.netutil
 
 from ..engine.batching_options import BatchingOptions
 from ..engine.config import ConfigError, ModelServerConfig, read_model_server_config, single_model_config
@@ -23,6 +24,7 @@ from ..engine.engine import Engine, EngineOptions
 from ..engine.loader import default_session_options
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
 from ..engine.source import set_version_trust
+from ..launcher import MANAGEMENT_HOST, EnginePorts
 from ..wire import ENGINE_SECRET_ENV
 from .auth import Authenticator
 from .control import Control, PathPolicy, allowed_model_paths
@@ -30,6 +32,7 @@ from .grpc_server import ChannelArgumentError, make_grpc_server, parse_channel_a
 from .management import make_management_app
 from .rest import make_app
 from .state import StateStore
+from .supervision import add_identity_route, add_management_routes, read_engine_secret, report_ports
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,26 @@ def grpc_listen_addresses(args: argparse.Namespace) -> list[str]:
     return addresses
 
 
+PICKABLE_PORTS = ("rest", "grpc", "management")
+
+
+def picked_ports(args: argparse.Namespace) -> frozenset[str]:
+    """The ports --pick_ports leaves to the system (bound as port 0, then reported)."""
+    names = {name.strip() for name in args.pick_ports.split(",") if name.strip()}
+    unknown = names.difference(PICKABLE_PORTS)
+    if unknown:
+        raise ServeError(f"--pick_ports takes {', '.join(PICKABLE_PORTS)}; got {', '.join(sorted(unknown))}")
+    return frozenset(names)
+
+
+def _bind(port: int, address: str) -> list:
+    """Bound, listening sockets (port 0: the system picks one, so nothing can hold it before us)."""
+    try:
+        return tornado.netutil.bind_sockets(port, address=address)
+    except OSError as error:
+        raise ServeError(f"cannot listen on {address}:{port}: {error.strerror or error}") from None
+
+
 def metrics_path(args: argparse.Namespace) -> str | None:
     if not args.monitoring_config_file:
         return None
@@ -142,9 +165,10 @@ class EngineServer:
             raise ServeError(str(error)) from None
         self.engine = Engine(engine_options(args))
         self.metrics_path = metrics_path(args)
-        secret = os.environ.get(ENGINE_SECRET_ENV) or None
-        if args.management_port and not secret:
-            raise ServeError(f"--management_port needs the engine secret in ${ENGINE_SECRET_ENV}")
+        self._picked = picked_ports(args)
+        secret = self._secret = read_engine_secret(args)
+        if (args.management_port or "management" in self._picked) and not secret:
+            raise ServeError(f"--management_port needs the engine secret (--engine_secret_fd or ${ENGINE_SECRET_ENV})")
         self.store = StateStore(args.state_db or None)
         self.auth = Authenticator(self.store, secret, bool(args.require_auth),
                                   default_lifetime_seconds=args.share_token_lifetime_seconds)
@@ -162,19 +186,22 @@ class EngineServer:
 
     async def start(self) -> None:
         args = self.args
-        if args.rest_api_port:
+        bound = {"rest_port": 0, "grpc_port": 0, "management_port": 0}
+        if args.rest_api_port or "rest" in self._picked:
             app = make_app(self.engine, metrics_path=self.metrics_path, timeout_ms=args.rest_api_timeout_in_ms,
                            max_body_bytes=args.max_request_body_bytes, auth=self.auth)
+            add_identity_route(app, self._secret)
             self._http = tornado.httpserver.HTTPServer(
                 app, max_body_size=args.max_request_body_bytes + 1, xheaders=False, idle_connection_timeout=300
             )
-            try:
-                self._http.listen(args.rest_api_port, address=args.rest_api_host)
-            except OSError as error:
-                raise ServeError(f"cannot listen on {args.rest_api_host}:{args.rest_api_port}: {error}") from None
-            log.info("REST API at http://%s:%d/v1/models%s", args.rest_api_host, args.rest_api_port,
+            sockets = _bind(0 if "rest" in self._picked else args.rest_api_port, args.rest_api_host)
+            self._http.add_sockets(sockets)
+            bound["rest_port"] = sockets[0].getsockname()[1]
+            log.info("REST API at http://%s:%d/v1/models%s", args.rest_api_host, bound["rest_port"],
                      f" (metrics at {self.metrics_path})" if self.metrics_path else "")
         grpc_addresses = grpc_listen_addresses(args)
+        if "grpc" in self._picked:
+            grpc_addresses = [f"{args.grpc_host}:0", *(a for a in grpc_addresses if a.startswith("unix:"))]
         if grpc_addresses:
             self._grpc = make_grpc_server(
                 self.engine, self.auth, channel_arguments=self._grpc_channel_arguments,
@@ -182,24 +209,32 @@ class EngineServer:
                                              or args.enable_serialization_as_tensor_content),
                 enable_profiler=bool(args.enable_profiler), paths=self.control.paths,
             )
+            listening = []
             for address in grpc_addresses:
                 try:
-                    bound = self._grpc.add_insecure_port(address)
+                    port = self._grpc.add_insecure_port(address)
                 except RuntimeError as error:
                     raise ServeError(f"cannot listen on {address}: {error}") from None
-                if not bound:
+                if not port:
                     raise ServeError(f"cannot listen on {address}")
+                if not address.startswith("unix:"):
+                    bound["grpc_port"] = port
+                    address = f"{address.rpartition(':')[0]}:{port}"
+                listening.append(address)
             await self._grpc.start()
-            for address in grpc_addresses:
+            for address in listening:
                 log.info("gRPC API at %s", address)
-        if args.management_port:
-            self._management = tornado.httpserver.HTTPServer(make_management_app(self.control, self.auth))
-            try:
-                self._management.listen(args.management_port, address=args.rest_api_host)
-            except OSError as error:
-                raise ServeError(f"cannot listen on {args.rest_api_host}:{args.management_port}: "
-                                 f"{error.strerror}") from None
-            log.info("management API at http://%s:%d/api/", args.rest_api_host, args.management_port)
+        if args.management_port or "management" in self._picked:
+            # On the loopback interface only, whatever --rest_api_host says: sharing REST on 0.0.0.0
+            # must not expose the API that loads models and mints tokens.
+            management_app = make_management_app(self.control, self.auth)
+            add_management_routes(management_app, self._secret, self.auth)
+            self._management = tornado.httpserver.HTTPServer(management_app)
+            sockets = _bind(0 if "management" in self._picked else args.management_port, MANAGEMENT_HOST)
+            self._management.add_sockets(sockets)
+            bound["management_port"] = sockets[0].getsockname()[1]
+            log.info("management API at http://%s:%d/api/", MANAGEMENT_HOST, bound["management_port"])
+        report_ports(args.report_ports_fd, EnginePorts(pid=os.getpid(), **bound))
         self.control.restore()
         await self.engine.start(self.config)
         loop = asyncio.get_running_loop()

@@ -157,10 +157,11 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     engine = parser.add_argument_group("this engine's own flags (not in TF Serving)")
     flag(engine, "require_auth", bool, False,
-         "Answer only requests that carry the engine secret (from $TFSERVE_ENGINE_SECRET) or a share token")
+         "Answer only requests that carry the engine secret (from --engine_secret_fd or $TFSERVE_ENGINE_SECRET) "
+         "or a share token")
     flag(engine, "management_port", int, 0,
          "Port of the management API (load, unload, labels, batching, routing, share tokens); 0 disables it. "
-         "It needs $TFSERVE_ENGINE_SECRET and binds --rest_api_host")
+         "It needs the engine secret and binds 127.0.0.1 only, whatever --rest_api_host says")
     flag(engine, "state_db", str, "",
          "SQLite file keeping routing, per-model batching and share tokens across restarts (default: memory)")
     flag(engine, "model_repository_root", str, "",
@@ -173,6 +174,15 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "spaces included); repeat the flag for each folder")
     flag(engine, "share_token_lifetime_seconds", int, 24 * 3600,
          "How long a share token lasts when its creator does not say")
+    flag(engine, "engine_secret_fd", int, -1,
+         "Read the engine secret from this inherited file descriptor (one line; closed once read) instead of "
+         "$TFSERVE_ENGINE_SECRET: a model's ops can read the environment, not a closed pipe")
+    flag(engine, "pick_ports", str, "",
+         "Comma-separated, from rest, grpc, management: let the system choose these ports as they are bound "
+         "(their port flags are ignored), so no other process can hold them first; see --report_ports_fd")
+    flag(engine, "report_ports_fd", int, -1,
+         "Once the ports are bound, write them to this inherited file descriptor as one JSON line "
+         "({\"pid\", \"rest_port\", \"grpc_port\", \"management_port\"}) and close it")
 
     ignored = parser.add_argument_group(
         "accepted for compatibility with tensorflow_model_server",
