@@ -12,15 +12,27 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Int, List, Unicode, default
 
-from ..engine.config import write_text_atomically
+from ..launcher import EngineSettings, engine_environment, private_directory, write_private_text
 from .handlers import EngineStatusHandler, ManagementProxyHandler, ProxyHandler
-from .supervisor import EngineSettings, EngineSupervisor
+from .supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
 
 EMPTY_MODEL_CONFIG = "model_config_list {\n}\n"
 PROXY_TIMEOUT_SECONDS = 300
 DEMO_MODEL_NAME = "half_plus_two"
+# Run in a child: reading and writing TF Serving's config proto loads its generated code, which the
+# Jupyter server process does without.
+_ADD_DEMO_MODEL = """
+import sys
+from jupyter_tfserve.engine.config import read_model_server_config, write_model_server_config
+path, name, base = sys.argv[1:4]
+config = read_model_server_config(path)
+if not any(model.name == name for model in config.model_config_list.config):
+    model = config.model_config_list.config.add()
+    model.name, model.base_path, model.model_platform = name, base, "tensorflow"
+    write_model_server_config(config, path)
+"""
 
 
 class TFServeExtension(ExtensionApp):
@@ -38,9 +50,15 @@ class TFServeExtension(ExtensionApp):
         "Default: <state_dir>/models.",
     ).tag(config=True)
 
-    engine_host = Unicode("127.0.0.1", help="Address the engine binds (REST and gRPC).").tag(config=True)
-    engine_rest_port = Int(0, help="The engine's REST port; 0 picks a free port.").tag(config=True)
-    engine_grpc_port = Int(0, help="The engine's gRPC port; 0 picks a free port.").tag(config=True)
+    engine_host = Unicode(
+        "127.0.0.1", help="Address the engine binds for REST and gRPC (its management API stays on 127.0.0.1)."
+    ).tag(config=True)
+    engine_rest_port = Int(
+        0, help="The engine's REST port; 0: the engine binds a free one (a new one at each restart)."
+    ).tag(config=True)
+    engine_grpc_port = Int(
+        0, help="The engine's gRPC port; 0: the engine binds a free one (a new one at each restart)."
+    ).tag(config=True)
     start_engine = Enum(
         ["startup", "first_use"], "startup",
         help="Start the engine when the Jupyter server starts, or on the first request to tfserve/.",
@@ -66,6 +84,14 @@ class TFServeExtension(ExtensionApp):
     share_token_lifetime_seconds = Int(
         24 * 3600, help="How long a share token lasts when its creator does not say (seconds)."
     ).tag(config=True)
+    engine_environment = Dict(
+        value_trait=Unicode(),
+        help="Variables set in the engine's environment. The engine does not inherit the Jupyter server's "
+        "environment (a SavedModel's ops could read JUPYTERHUB_API_TOKEN and the like): it keeps only PATH, HOME, "
+        "locale, temporary-folder, Python, TensorFlow/CUDA/threading, Jupyter/XDG path, proxy, CA-bundle and "
+        "object-storage (AWS_*, GOOGLE_*, AZURE_*, ...) variables. Name here anything else a model or a "
+        "${VAR} in the model config needs.",
+    ).tag(config=True)
 
     @default("state_dir")
     def _default_state_dir(self) -> str:
@@ -76,14 +102,12 @@ class TFServeExtension(ExtensionApp):
         return str(Path(self.state_dir) / "models")
 
     def initialize_settings(self) -> None:
-        state = Path(self.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
+        # Owner-only: the folder holds the engine's log, the share-token store and the model config.
+        state = private_directory(Path(self.state_dir))
         Path(self.model_repository_root).mkdir(parents=True, exist_ok=True)
         config_file = state / "models.config"
         if not config_file.exists():
-            config_file.write_text(EMPTY_MODEL_CONFIG)
-        if self.demo_model:
-            self._add_demo_model(config_file)
+            write_private_text(config_file, EMPTY_MODEL_CONFIG)
         extra_args = [f"--max_request_body_bytes={self.max_request_body_bytes}",
                       f"--share_token_lifetime_seconds={self.share_token_lifetime_seconds}"]
         if self.default_batching:
@@ -99,24 +123,28 @@ class TFServeExtension(ExtensionApp):
             extra_args=[*extra_args, *self.engine_args],
             log_file=state / "engine.log",
             startup_timeout=self.engine_startup_timeout,
+            extra_env=dict(self.engine_environment),
         ))
         self._start_task: asyncio.Task | None = None
         self._http_session: aiohttp.ClientSession | None = None
         self.settings.update({"tfserve_supervisor": self.supervisor, "tfserve_ensure_engine": self.ensure_engine,
                               "tfserve_http_session": self.http_session})
 
-    def _add_demo_model(self, config_file: Path) -> None:
-        """Put half_plus_two in the model config; its files are written by the engine's start task."""
-        from ..engine.config import read_model_server_config, write_model_server_config
+    async def _run_child(self, what: str, *args: str) -> None:
+        """``python -c`` with the engine's scrubbed environment; failures are logged, not raised."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            env=engine_environment(extra=self.engine_environment),
+        )
+        _, errors = await process.communicate()
+        if process.returncode:
+            self.log.error("tfserve: %s failed: %s", what, errors.decode(errors="replace")[-2000:])
 
-        config = read_model_server_config(config_file)
-        if any(model.name == DEMO_MODEL_NAME for model in config.model_config_list.config):
-            return
-        model = config.model_config_list.config.add()
-        model.name = DEMO_MODEL_NAME
-        model.base_path = str(Path(self.model_repository_root) / DEMO_MODEL_NAME)
-        model.model_platform = "tensorflow"
-        write_model_server_config(config, config_file)
+    async def _add_demo_model(self) -> None:
+        """Put half_plus_two in the model config (before the engine reads it); its files come after."""
+        await self._run_child("adding the demo model to the config", _ADD_DEMO_MODEL,
+                              str(Path(self.state_dir) / "models.config"), DEMO_MODEL_NAME,
+                              str(Path(self.model_repository_root) / DEMO_MODEL_NAME))
 
     async def _write_demo_model(self) -> None:
         """In a child process: TensorFlow stays out of the Jupyter server. The engine's poller picks it up."""
@@ -124,14 +152,9 @@ class TFServeExtension(ExtensionApp):
         if (base / "1" / "saved_model.pb").is_file():
             return
         self.log.info("tfserve: writing the demo model %s to %s", DEMO_MODEL_NAME, base)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; from pathlib import Path; from jupyter_tfserve.demo import "
-            "write_demo_model; write_demo_model(Path(sys.argv[1]))", str(base),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        _, errors = await process.communicate()
-        if process.returncode:
-            self.log.error("tfserve: writing the demo model failed: %s", errors.decode(errors="replace")[-2000:])
+        await self._run_child("writing the demo model", "import sys; from pathlib import Path; from "
+                              "jupyter_tfserve.demo import write_demo_model; write_demo_model(Path(sys.argv[1]))",
+                              str(base))
 
     def _write_batching_file(self, state: Path) -> Path:
         """``default_batching`` as a BatchingParameters text proto, the file TF Serving's flag takes."""
@@ -141,7 +164,7 @@ class TFServeExtension(ExtensionApp):
 
         options = BatchingOptions.from_dict(self.default_batching)
         path = state / "batching.config"
-        write_text_atomically(path, text_format.MessageToString(options.to_proto()))
+        write_private_text(path, text_format.MessageToString(options.to_proto()))
         return path
 
     def initialize_handlers(self) -> None:
@@ -169,6 +192,7 @@ class TFServeExtension(ExtensionApp):
 
     async def _start(self) -> None:
         if self.demo_model:
+            await self._add_demo_model()
             self._demo_task = asyncio.get_running_loop().create_task(self._write_demo_model())
         await self.supervisor.start()
 

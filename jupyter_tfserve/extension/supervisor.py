@@ -3,106 +3,72 @@
 A separate process keeps a model that exhausts memory or crashes TensorFlow away
 from the user's Jupyter server and its unsaved work, and keeps serving load off
 the notebook's event loop. The supervisor talks to the engine only through its
-command line and its REST port.
+command line, the pipes :mod:`jupyter_tfserve.launcher` gives it, and the ports the
+engine itself reported and proved to own; nothing is sent to a port before that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import signal
-import socket
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from ..launcher import (
+    MANAGEMENT_HOST,
+    EngineLaunch,
+    EngineLaunchError,
+    EngineSettings,
+    connect_host,
+    url_host,
+)
+from ..wire import ENGINE_SECRET_HEADER
 
-from ..wire import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER
+__all__ = ["EngineSettings", "EngineSupervisor"]
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def engine_command(settings: EngineSettings, rest_port: int, grpc_port: int, management_port: int) -> list[str]:
-    """The engine's command line; the secret is not on it (it goes in the environment)."""
-    return [
-        sys.executable, "-m", "jupyter_tfserve", "serve",
-        f"--rest_api_host={settings.host}", f"--rest_api_port={rest_port}",
-        f"--grpc_host={settings.host}", f"--port={grpc_port}",
-        f"--model_config_file={settings.config_file}", "--model_config_file_poll_wait_seconds=1",
-        "--require_auth", f"--management_port={management_port}",
-        *([f"--state_db={settings.state_db}"] if settings.state_db else []),
-        *([f"--model_repository_root={settings.model_repository_root}"] if settings.model_repository_root else []),
-        *([f"--allowed_model_paths={','.join(settings.allowed_model_paths)}"] if settings.allowed_model_paths else []),
-        *settings.extra_args,
-    ]
-
-
-@dataclass
-class EngineSettings:
-    """How to start the engine: its ports, hosts, config file and extra flags."""
-
-    config_file: Path
-    host: str = "127.0.0.1"
-    rest_port: int = 0
-    grpc_port: int = 0
-    management_port: int = 0
-    state_db: Path | None = None
-    model_repository_root: Path | None = None
-    allowed_model_paths: list[str] = field(default_factory=list)
-    extra_args: list[str] = field(default_factory=list)
-    log_file: Path | None = None
-    startup_timeout: float = 120.0
-
-
 class EngineSupervisor:
-    """Starts the engine, waits until it answers, restarts it with backoff, stops it."""
+    """Starts the engine, waits until it has proven who it is, restarts it with backoff, stops it."""
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
-        self.rest_port = settings.rest_port or free_port(settings.host)
-        self.grpc_port = settings.grpc_port or free_port(settings.host)
-        self.management_port = settings.management_port or free_port("127.0.0.1")
-        # Only this process and the engine it starts know the secret: it travels in the
-        # environment (not the command line, which other local users can read in ps).
-        self.secret = secrets.token_urlsafe(32)
+        # The ports and secret of the engine now running: known only from its own report, and the
+        # secret is new at every start (one leaked from a dead engine opens nothing).
+        self.rest_port: int | None = None
+        self.grpc_port: int | None = None
+        self.management_port: int | None = None
+        self.secret = ""
         self.process: asyncio.subprocess.Process | None = None
         self.state = "stopped"
         self.restarts = 0
         self.last_exit: str = ""
         self._watch: asyncio.Task | None = None
+        self._identify: asyncio.Task | None = None
         self._stopping = False
         self._ready = asyncio.Event()
 
     @property
     def rest_url(self) -> str:
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
-        return f"http://{host}:{self.rest_port}"
+        return f"http://{url_host(connect_host(self.settings.host))}:{self.rest_port}"
 
     @property
     def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.management_port}"
+        return f"http://{MANAGEMENT_HOST}:{self.management_port}"
 
     @property
     def secret_headers(self) -> dict[str, str]:
         return {ENGINE_SECRET_HEADER: self.secret}
 
-    def command(self) -> list[str]:
-        return engine_command(self.settings, self.rest_port, self.grpc_port, self.management_port)
+    @property
+    def running(self) -> bool:
+        """The engine has proven who it is and has not exited since."""
+        return self.state == "running" and self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
-        """Start the engine and its watcher; returns once the engine answers (or raises)."""
+        """Start the engine and its watcher; returns once the engine has proven who it is (or raises)."""
         self._stopping = False
         await self._spawn()
         self._watch = asyncio.get_running_loop().create_task(self._watch_forever())
@@ -111,32 +77,47 @@ class EngineSupervisor:
     async def _spawn(self) -> None:
         self.state = "starting"
         self._ready.clear()
-        output = open(self.settings.log_file, "ab") if self.settings.log_file else asyncio.subprocess.DEVNULL  # noqa: SIM115
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-               ENGINE_SECRET_ENV: self.secret}
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command(), stdout=output, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True
-        )
-        if output is not asyncio.subprocess.DEVNULL:
-            output.close()
-        log.info("tfserve engine started (pid %d): REST %s, gRPC %s:%d", self.process.pid, self.rest_url,
+        launch = EngineLaunch(self.settings)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *launch.command, stdin=asyncio.subprocess.DEVNULL, stdout=launch.stdout,
+                stderr=asyncio.subprocess.STDOUT, env=launch.env, pass_fds=launch.pass_fds, start_new_session=True,
+            )
+        except BaseException:
+            launch.close()
+            raise
+        launch.spawned()
+        log.info("tfserve engine started (pid %d); waiting for it to report its ports", self.process.pid)
+        self._identify = asyncio.get_running_loop().create_task(self._identify_engine(launch, self.process))
+
+    async def _identify_engine(self, launch: EngineLaunch, process: asyncio.subprocess.Process) -> None:
+        """Take the ports from the engine's own report, then have each prove it knows the secret."""
+        try:
+            ports = await launch.read_ports_async()
+            await asyncio.to_thread(launch.verify, ports)
+        except EngineLaunchError as error:
+            log.error("tfserve engine (pid %d): %s", process.pid, error)
+            if process.returncode is None:
+                process.kill()  # the watcher starts another
+            return
+        finally:
+            launch.close()
+        if process is not self.process or self._stopping:
+            return
+        self.rest_port, self.grpc_port, self.management_port = ports.rest_port, ports.grpc_port, ports.management_port
+        self.secret = launch.secret
+        self.state = "running"
+        self._ready.set()
+        log.info("tfserve engine (pid %d) answers: REST %s, gRPC %s:%d", process.pid, self.rest_url,
                  self.settings.host, self.grpc_port)
 
     async def wait_ready(self, timeout: float) -> None:
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.returncode is not None:
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                await client.fetch(f"{self.rest_url}/healthz", request_timeout=2)
-                self.state = "running"
-                self._ready.set()
-                return
-            except (HTTPClientError, OSError):
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"the tfserve engine did not answer on {self.rest_url} within {timeout:.0f} s")
+        """Wait until a started engine has proven who it is (a restart in progress included)."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            where = f" (log: {self.settings.log_file})" if self.settings.log_file else ""
+            raise TimeoutError(f"the tfserve engine did not start within {timeout:.0f} s{where}") from None
 
     async def _watch_forever(self) -> None:
         while not self._stopping:
@@ -144,6 +125,7 @@ class EngineSupervisor:
             if process is None:
                 return
             code = await process.wait()
+            self._ready.clear()
             if self._stopping:
                 return
             self.last_exit = _describe_exit(code)
@@ -154,17 +136,17 @@ class EngineSupervisor:
             await asyncio.sleep(delay)
             if self._stopping:
                 return
+            # Readiness is the identify task's (it ends when the engine reports or exits); this loop
+            # only has to notice the next exit.
             await self._spawn()
-            try:
-                await self.wait_ready(self.settings.startup_timeout)
-            except TimeoutError as error:
-                log.error("%s", error)
 
     async def stop(self) -> None:
         self._stopping = True
         self.state = "stopped"
-        if self._watch is not None:
-            self._watch.cancel()
+        self._ready.clear()
+        for task in (self._watch, self._identify):
+            if task is not None:
+                task.cancel()
         process = self.process
         if process is None or process.returncode is not None:
             return

@@ -9,7 +9,15 @@ it in an info file that the next kernel reuses, as ``%tensorboard`` does. Two of
   management API answers to the secret recorded with it; otherwise it is removed and
   a new engine is started (under a lock, so two kernels never start two engines);
 - world-readable files: the folder is 0700 and the file 0600, created that way rather
-  than chmod-ed afterwards, because the file holds the engine's secret.
+  than chmod-ed afterwards, because the file holds the engine's secret; and a file
+  is read only if it is ours (another user who can write the folder could plant
+  one pointing at their own listener), never through a symbolic link.
+
+An entry's engine is trusted only once each of its ports has proven it knows the
+secret without being sent it (:func:`jupyter_tfserve.launcher.check_identity`): a
+dead engine's port taken over by someone else learns nothing from the check.
+The engine is started by :mod:`jupyter_tfserve.launcher`, as the Jupyter extension
+starts its own.
 """
 
 from __future__ import annotations
@@ -19,24 +27,32 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import requests
 from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
 
-from ..extension.supervisor import EngineSettings, engine_command, free_port
-from ..wire import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER
+from ..launcher import (
+    EngineLaunch,
+    EngineLaunchError,
+    EnginePorts,
+    EngineSettings,
+    private_directory,
+    verify_engine,
+    write_private_text,
+)
+from ..wire import ENGINE_SECRET_HEADER
 
 log = logging.getLogger(__name__)
 
 INFO_FILE_NAME = "tfserve-private-engine.json"
 STATE_DIR_ENV = "TFSERVE_PRIVATE_STATE_DIR"
 STARTUP_TIMEOUT_SECONDS = 120
+MAX_INFO_BYTES = 64 * 1024
 
 
 @dataclass
@@ -64,6 +80,11 @@ class PrivateEngineInfo:
     def headers(self) -> dict[str, str]:
         return {ENGINE_SECRET_HEADER: self.secret}
 
+    @property
+    def ports(self) -> EnginePorts:
+        return EnginePorts(pid=self.pid, rest_port=self.rest_port, grpc_port=self.grpc_port,
+                           management_port=self.management_port)
+
 
 def default_state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or Path(jupyter_data_dir()) / "tfserve-private")
@@ -71,22 +92,6 @@ def default_state_dir() -> Path:
 
 def info_file_path() -> Path:
     return Path(jupyter_runtime_dir()) / INFO_FILE_NAME
-
-
-def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-def _write_owner_only(path: Path, text: str) -> None:
-    """Created 0600 from the start (no window in which another user could read the secret), then renamed."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _alive(pid: int) -> bool:
@@ -100,33 +105,52 @@ def _alive(pid: int) -> bool:
 
 
 def _answers(info: PrivateEngineInfo, timeout: float = 2.0) -> bool:
+    """Whether the recorded ports prove they know the recorded secret (which is not sent)."""
     try:
-        response = requests.get(f"{info.management_url}/api/models", headers=info.headers, timeout=timeout)
-    except requests.RequestException:
+        verify_engine("127.0.0.1", info.ports, info.secret, timeout)
+    except EngineLaunchError as error:
+        log.info("the recorded private engine does not answer as itself: %s", error)
         return False
-    return response.status_code == 200
+    return True
 
 
 @contextlib.contextmanager
 def _locked(path: Path):
     """One kernel at a time decides whether to start an engine."""
-    _private_dir(path.parent)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    private_directory(path.parent)
+    descriptor = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 def read_info(path: Path | None = None) -> PrivateEngineInfo | None:
+    """The recorded entry, if it is a regular file of ours that no one else can read."""
     path = path or info_file_path()
     try:
-        if path.stat().st_mode & 0o077:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # ELOOP: a symbolic link
+        log.warning("ignoring %s: %s", path, error.strerror)
+        return None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            log.warning("ignoring %s: not a file of this user's", path)
+            return None
+        if info.st_mode & 0o077:
             log.warning("ignoring %s: readable by other users", path)
             return None
-        return PrivateEngineInfo(**json.loads(path.read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
+        text = handle.read(MAX_INFO_BYTES)
+    try:
+        return PrivateEngineInfo(**json.loads(text))
+    except (ValueError, TypeError):
         return None
 
 
@@ -155,38 +179,39 @@ def ensure_private_engine(state_dir: Path | None = None, progress=None) -> Priva
 
 
 def _start(path: Path, state_dir: Path, progress=None) -> PrivateEngineInfo:
-    state = _private_dir(state_dir)
-    root = _private_dir(state / "models")
+    state = private_directory(state_dir)
+    root = private_directory(state / "models")
     config_file = state / "models.config"
     if not config_file.exists():
-        config_file.write_text("model_config_list {\n}\n")
+        write_private_text(config_file, "model_config_list {\n}\n")
     settings = EngineSettings(config_file=config_file, state_db=state / "state.sqlite", model_repository_root=root,
                               log_file=state / "engine.log")
-    info = PrivateEngineInfo(pid=0, rest_port=free_port(), grpc_port=free_port(), management_port=free_port(),
-                             secret=secrets.token_urlsafe(32), state_dir=str(state), model_repository_root=str(root),
-                             started_at=time.time())
-    command = engine_command(settings, info.rest_port, info.grpc_port, info.management_port)
-    env = {**os.environ, ENGINE_SECRET_ENV: info.secret,
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    with open(settings.log_file, "ab") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, start_new_session=True)
-    info.pid = process.pid
-    log.info("started a private tfserve engine (pid %d): REST %s, state in %s", info.pid, info.rest_url, state)
-    if progress is not None:
-        progress(f"starting a private tfserve engine (pid {info.pid})")
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = settings.log_file.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the private tfserve engine exited with status {process.returncode}:\n{tail}")
-        if _answers(info, timeout=1):
-            _write_owner_only(path, json.dumps(asdict(info)))
-            return info
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"the private tfserve engine did not answer within {STARTUP_TIMEOUT_SECONDS} s "
-                       f"(log: {settings.log_file})")
+    launch = EngineLaunch(settings)
+    try:
+        process = subprocess.Popen(launch.command, stdout=launch.stdout, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=launch.env, pass_fds=launch.pass_fds,
+                                   start_new_session=True)
+        launch.spawned()
+        log.info("started a private tfserve engine (pid %d), state in %s", process.pid, state)
+        if progress is not None:
+            progress(f"starting a private tfserve engine (pid {process.pid})")
+        try:
+            ports = launch.read_ports(STARTUP_TIMEOUT_SECONDS)
+            launch.verify(ports)
+        except (EngineLaunchError, TimeoutError) as error:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            raise RuntimeError(f"the private tfserve engine did not start: {error} (log: {settings.log_file})"
+                               ) from None
+    finally:
+        launch.close()
+    info = PrivateEngineInfo(pid=process.pid, rest_port=ports.rest_port, grpc_port=ports.grpc_port,
+                             management_port=ports.management_port, secret=launch.secret, state_dir=str(state),
+                             model_repository_root=str(root), started_at=time.time())
+    write_private_text(path, json.dumps(asdict(info)))
+    log.info("the private tfserve engine (pid %d) answers: REST %s", info.pid, info.rest_url)
+    return info
 
 
 def stop_private_engine() -> bool:

@@ -26,9 +26,12 @@ from pathlib import Path
 import pytest
 
 from jupyter_tfserve import launcher
+from jupyter_tfserve.extension.supervisor import EngineSupervisor
+from jupyter_tfserve.kernel import private_engine
 from jupyter_tfserve.launcher import (
     EngineLaunch,
     EngineLaunchError,
+    EnginePorts,
     EngineSettings,
     check_identity,
     engine_environment,
@@ -164,6 +167,46 @@ def test_a_port_nobody_listens_on_fails_the_check_quickly():
     assert time.monotonic() - started < 3
 
 
+# -- the private engine's info file -------------------------------------------------------------------
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    (tmp_path / "runtime").mkdir(mode=0o700)
+    return tmp_path / "runtime"
+
+
+def _entry(pid: int, port: int, **extra) -> dict:
+    return {"pid": pid, "rest_port": port, "grpc_port": port, "management_port": port, "secret": SECRET,
+            "state_dir": "/nowhere", "model_repository_root": "/nowhere", "started_at": 0.0, **extra}
+
+
+def test_an_entry_whose_port_a_rogue_holds_gets_no_secret(runtime, rogue):
+    # The recorded engine "lives" (this test's pid) but its port is the rogue's: before, the kernel
+    # asked GET /api/models with the secret header, got 200, and went on sending it everything.
+    path = private_engine.info_file_path()
+    launcher.write_private_text(path, json.dumps(_entry(os.getpid(), rogue.port)))
+    assert private_engine.find_private_engine() is None
+    assert not rogue.saw(SECRET), "the secret went to the rogue"
+    assert not path.exists(), "the untrustworthy entry is removed"
+
+
+def test_an_entry_that_is_a_link_or_not_ours_is_ignored(runtime, tmp_path):
+    path = private_engine.info_file_path()
+    target = tmp_path / "elsewhere.json"
+    launcher.write_private_text(target, json.dumps(_entry(os.getpid(), 1)))
+    path.symlink_to(target)
+    assert private_engine.read_info() is None, "an entry reached through a symbolic link is ignored"
+    path.unlink()
+    launcher.write_private_text(path, json.dumps(_entry(os.getpid(), 1)))
+    assert private_engine.read_info() is not None
+    if os.geteuid() != 0:
+        pytest.skip("making a file another user's needs root")
+    os.chown(path, 65534, 65534)  # nobody's: a file planted by another user with write access to the folder
+    assert private_engine.read_info() is None, "an entry owned by another user is ignored"
+
+
 # -- what the engine inherits and writes ------------------------------------------------------------------
 
 
@@ -271,3 +314,58 @@ def test_a_launched_engine_reports_its_ports_proves_itself_and_leaks_nothing(tmp
         launch.close()
         process.terminate()
         process.wait(30)
+
+
+@pytest.mark.timeout(180)
+def test_the_supervisor_sends_nothing_to_a_listener_holding_its_port(tmp_path, rogue):
+    # The race of old (free_port(), closed, bound by the engine seconds later) lost to a rogue, made
+    # certain: the rogue holds the REST port the engine is told to bind. Before, wait_ready took the
+    # rogue's /healthz as the engine and the proxy sent it the secret and teammates' tokens.
+    (tmp_path / "models.config").write_text("model_config_list {\n}\n")
+    settings = EngineSettings(config_file=tmp_path / "models.config", rest_port=rogue.port,
+                              state_db=tmp_path / "state.sqlite", log_file=tmp_path / "engine.log",
+                              startup_timeout=25)
+    supervisor = EngineSupervisor(settings)
+
+    async def attempt() -> None:
+        try:
+            with pytest.raises(TimeoutError):
+                await supervisor.start()
+            assert supervisor.state != "running" and not supervisor.running
+        finally:
+            await supervisor.stop()
+
+    asyncio.run(attempt())
+    assert rogue.requests == [], "nothing at all goes to a port the engine did not report"
+    assert "cannot listen on" in (tmp_path / "engine.log").read_text()
+
+
+@pytest.mark.timeout(180)
+def test_the_supervisor_takes_the_engines_own_ports_and_a_fresh_secret_at_each_start(tmp_path):
+    (tmp_path / "models.config").write_text("model_config_list {\n}\n")
+    settings = EngineSettings(config_file=tmp_path / "models.config", state_db=tmp_path / "state.sqlite",
+                              log_file=tmp_path / "engine.log")
+    supervisor = EngineSupervisor(settings)
+
+    async def run() -> tuple[str, str]:
+        try:
+            await supervisor.start()
+            first = EnginePorts(supervisor.process.pid, supervisor.rest_port, supervisor.grpc_port,
+                                supervisor.management_port)
+            first_secret = supervisor.secret
+            supervisor.process.kill()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (supervisor.process.pid == first.pid or not supervisor.running):
+                await asyncio.sleep(0.1)
+            assert supervisor.running and supervisor.restarts == 1
+            second = EnginePorts(supervisor.process.pid, supervisor.rest_port, supervisor.grpc_port,
+                                 supervisor.management_port)
+            assert second.rest_port and second.management_port
+            await asyncio.to_thread(launcher.verify_engine, "127.0.0.1", second, supervisor.secret)
+            return first_secret, supervisor.secret
+        finally:
+            await supervisor.stop()
+
+    first_secret, second_secret = asyncio.run(run())
+    assert first_secret != second_secret, "a secret seen by a dead engine opens nothing on its successor"
+    assert stat.S_IMODE((tmp_path / "engine.log").stat().st_mode) == 0o600
