@@ -13,7 +13,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Int, List, Unicode, default
 
 from ..launcher import EngineSettings, engine_environment, private_directory, write_private_text
-from .handlers import EngineStatusHandler, ManagementProxyHandler, ProxyHandler
+from .handlers import AcceptedTokens, EngineStatusHandler, ManagementProxyHandler, ProxyHandler
 from .supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,9 @@ class TFServeExtension(ExtensionApp):
         self._start_task: asyncio.Task | None = None
         self._http_session: aiohttp.ClientSession | None = None
         self.settings.update({"tfserve_supervisor": self.supervisor, "tfserve_ensure_engine": self.ensure_engine,
-                              "tfserve_http_session": self.http_session})
+                              "tfserve_http_session": self.http_session,
+                              "tfserve_max_request_body_bytes": self.max_request_body_bytes,
+                              "tfserve_accepted_tokens": AcceptedTokens()})
 
     async def _run_child(self, what: str, *args: str) -> None:
         """``python -c`` with the engine's scrubbed environment; failures are logged, not raised."""

@@ -5,28 +5,83 @@ the Jupyter user and for share-token bearers; ``tfserve/api/...`` is the engine'
 management API, for the Jupyter user only. The engine itself checks the share
 token's scope: these handlers never decide what a token grants, so the rule lives
 in one place and holds on the engine's own port too.
+
+No request body is read before its credential is known to be good. Tornado reads
+a body before calling a handler unless the handler streams it, so these handlers
+stream (``stream_request_body``), and ``prepare`` (which runs after the headers,
+before the first body byte is read) settles the credential: the Jupyter user is
+authenticated and authorized there; a share token is put to the engine (one
+owner-only question to its management port, remembered for a few seconds) for
+the model and verb the path names. A refusal is answered at once and the body is
+never read (Tornado then closes the connection; a client that sent
+``Expect: 100-continue`` never sends it at all).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from urllib.parse import quote
+import re
+import time
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import tornado.web
-from jupyter_server.auth.decorator import authorized
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
+from jupyter_server.auth.utils import HTTP_METHOD_TO_AUTH_ACTION
 from jupyter_server.base.handlers import APIHandler
 
+from ..launcher import TOKEN_CHECK_PATH
 from ..wire import ROUTE_KEY_HEADER, VERSION_HEADER, bearer_token
 
 FORWARDED_REQUEST_HEADERS = ("Content-Type", ROUTE_KEY_HEADER)
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", VERSION_HEADER)
 ENGINE_WAIT_SECONDS = 60
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+MANAGEMENT_BODY_LIMIT = 1024 * 1024  # the engine's own management limit
+DEFAULT_BODY_LIMIT = 64 * 1024 * 1024
+# A token the engine accepted is asked about again after this long. The engine checks every request
+# itself, so a token revoked meanwhile is still refused; only its body is read first.
+TOKEN_CHECK_SECONDS = 5.0
+TOKEN_CHECK_ENTRIES = 4096
+# models/<name>[/versions/<n> | /labels/<label>][:<verb>]: the model and verb a share token must grant.
+_MODEL_PATH = re.compile(r"models/(?P<model>[^/:]+)(?:/(?:versions|labels)/[^/:]+)?(?::(?P<verb>[A-Za-z]+))?")
 
 
+class AcceptedTokens:
+    """Which (token, model, verb) the engine accepted lately: digests only, bounded, short-lived."""
+
+    def __init__(self, lifetime: float = TOKEN_CHECK_SECONDS, entries: int = TOKEN_CHECK_ENTRIES) -> None:
+        self.lifetime = lifetime
+        self.entries = entries
+        self._until: dict[str, float] = {}
+
+    @staticmethod
+    def key(engine_secret: str, token: str, model: str, verb: str) -> str:
+        # The engine's secret is in the key: a restarted engine (new secret) is asked afresh.
+        return hashlib.sha256("\0".join((engine_secret, token, model, verb)).encode()).hexdigest()
+
+    def __contains__(self, key: str) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._until[key]
+            return False
+        return True
+
+    def add(self, key: str) -> None:
+        if len(self._until) >= self.entries:
+            self._until.clear()
+        self._until[key] = time.monotonic() + self.lifetime
+
+
+@tornado.web.stream_request_body
 class _EngineHandler(APIHandler):
     auth_resource = "tfserve"
+    body_limit = MANAGEMENT_BODY_LIMIT
 
     @property
     def supervisor(self):
@@ -38,12 +93,49 @@ class _EngineHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message}))
 
+    async def prepare(self) -> None:
+        """After the headers, before any body byte: Jupyter's checks, then this handler's credential."""
+        self._chunks: list[bytes] = []
+        await super().prepare()
+        if self._finished:
+            return
+        await self.admit()
+        if self._finished or self.request.method not in BODY_METHODS:
+            return
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.body_limit:
+            self.write_engine_error(413, f"Request body of {length} bytes is larger than the limit of "
+                                         f"{self.body_limit} bytes")
+            return
+        self.request.connection.set_max_body_size(self.body_limit)
+
+    async def admit(self) -> None:
+        """Refuse (raise or finish) unless the request's credential is good; the Jupyter user by default."""
+        await self.require_jupyter_user()
+
+    async def require_jupyter_user(self) -> None:
+        """What ``@tornado.web.authenticated`` and ``@authorized`` check, done before the body is read."""
+        user = self.current_user
+        if not user:
+            raise tornado.web.HTTPError(403)
+        action = HTTP_METHOD_TO_AUTH_ACTION[self.request.method.upper()]
+        if not await ensure_async(self.authorizer.is_authorized(self, user, action, self.auth_resource)):
+            raise tornado.web.HTTPError(403, f"User is not authorized to {action} on resource: "
+                                             f"{self.auth_resource}.")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self._chunks)
+
     async def engine_ready(self) -> bool:
         """Wait (bounded) for the engine; answer 503 when it is not there."""
         task = self.settings["tfserve_ensure_engine"]()
         try:
             await asyncio.wait_for(asyncio.shield(task), ENGINE_WAIT_SECONDS)
-            if self.supervisor.state != "running":
+            if not self.supervisor.running:
                 await self.supervisor.wait_ready(ENGINE_WAIT_SECONDS)
             return True
         except Exception as error:
@@ -62,13 +154,13 @@ class _EngineHandler(APIHandler):
         for name in FORWARDED_REQUEST_HEADERS:
             if name in self.request.headers:
                 headers[name] = self.request.headers[name]
-        has_body = self.request.method in ("POST", "PUT", "PATCH")
+        body = self.body if self.request.method in BODY_METHODS else None
         session: aiohttp.ClientSession = self.settings["tfserve_http_session"]()
         for attempt in (1, 2):
             try:
-                async with session.request(self.request.method, url, data=self.request.body if has_body else None,
+                async with session.request(self.request.method, url, data=body,
                                            headers=headers, allow_redirects=False) as response:
-                    body = await response.read()
+                    answer = await response.read()
                     break
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
                 if attempt == 2:
@@ -81,7 +173,7 @@ class _EngineHandler(APIHandler):
         for name in FORWARDED_RESPONSE_HEADERS:
             if name in response.headers:
                 self.set_header(name, response.headers[name])
-        self.finish(body)
+        self.finish(answer)
 
 
 class ProxyHandler(_EngineHandler):
@@ -90,7 +182,13 @@ class ProxyHandler(_EngineHandler):
     A request with ``Authorization: Bearer tfs_...`` is a share-token request: it is
     forwarded with that token and nothing else, whoever's cookies it also carries, and
     the engine grants exactly what the token allows. No cookie is ever set for it.
+    Its body is read only once the engine has said the token is good for the model
+    and verb the path names.
     """
+
+    @property
+    def body_limit(self) -> int:  # type: ignore[override]
+        return self.settings.get("tfserve_max_request_body_bytes", DEFAULT_BODY_LIMIT)
 
     def _share_token(self) -> str | None:
         return bearer_token(self.request.headers.get("Authorization"))
@@ -100,6 +198,40 @@ class ProxyHandler(_EngineHandler):
         if self._share_token() is not None:
             return None
         return super().check_xsrf_cookie()
+
+    async def admit(self) -> None:
+        token = self._share_token()
+        if token is None:
+            await self.require_jupyter_user()
+        elif self.request.method in BODY_METHODS:
+            await self._check_share_token(token, self.path_args[0] if self.path_args else "")
+
+    async def _check_share_token(self, token: str, path: str) -> None:
+        """Ask the engine whether it would take ``token`` here; relay its refusal (and finish) if not."""
+        match = _MODEL_PATH.fullmatch(path)
+        model, verb = (match["model"], match["verb"] or "") if match else ("", "")
+        if not await self.engine_ready():
+            return
+        supervisor = self.supervisor
+        accepted: AcceptedTokens = self.settings["tfserve_accepted_tokens"]
+        key = accepted.key(supervisor.secret, token, model, verb)
+        if key in accepted:
+            return
+        url = f"{supervisor.management_url}{TOKEN_CHECK_PATH}?{urlencode({'model': model, 'verb': verb})}"
+        session: aiohttp.ClientSession = self.settings["tfserve_http_session"]()
+        try:
+            async with session.get(url, headers={**supervisor.secret_headers, "Authorization": f"Bearer {token}"},
+                                   allow_redirects=False) as response:
+                answer = await response.content.read(64 * 1024)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.write_engine_error(503, f"The tfserve engine did not answer: {error!r}")
+            return
+        if response.status == 204:
+            accepted.add(key)
+            return
+        self.set_status(response.status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(answer)
 
     def _engine_url(self, path: str) -> str:
         query = f"?{self.request.query}" if self.request.query else ""
@@ -113,6 +245,10 @@ class ProxyHandler(_EngineHandler):
     async def _as_jupyter_user(self, path: str) -> None:
         await self.forward(self._engine_url(path), dict(self.supervisor.secret_headers))
 
+    # A share token's bearer has no Jupyter identity: these two authenticate in prepare() (a share
+    # token, or the Jupyter user through _as_jupyter_user's decorators), so they must not be refused
+    # where the server runs with allow_unauthenticated_access=False.
+    @allow_unauthenticated
     async def get(self, path: str) -> None:
         token = self._share_token()
         if token is not None:
