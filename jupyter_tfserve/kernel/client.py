@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
 import requests
 import tornado.httpclient
 
@@ -129,19 +128,24 @@ def set_default_client(client: TFServeClient | None) -> None:
 
 
 def _as_json_data(data: Any) -> Any:
-    if isinstance(data, np.ndarray):
+    # numpy is imported where answers become arrays, not with this module (the import check in
+    # tests/test_imports.py): with numpy not loaded, no value here can be a numpy one.
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(data, np.ndarray):
         return data.tolist()
     if isinstance(data, Mapping):
         return {key: _as_json_data(value) for key, value in data.items()}
     if isinstance(data, list | tuple):
         return [_as_json_data(item) for item in data]
-    if isinstance(data, np.generic):
+    if np is not None and isinstance(data, np.generic):
         return data.item()
     return data
 
 
 def _as_arrays(predictions: Any) -> Any:
     """TF Serving's ``predictions``: a list (one output) or a list of dicts (several) into numpy."""
+    import numpy as np
+
     if isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
         return {key: np.asarray([row[key] for row in predictions]) for key in predictions[0]}
     if isinstance(predictions, dict):
