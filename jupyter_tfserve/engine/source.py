@@ -202,7 +202,9 @@ def list_versions(base_path: str | os.PathLike[str], trust: VersionTrust | None 
         log.warning("cannot list model base path %s: %s", base, error)
         return found
     for entry in entries:
-        if not entry.name.isdigit() or not entry.is_dir(follow_symlinks=True):
+        # ASCII digits only, as TF Serving's absl::SimpleAtoi: str.isdigit() also takes '²' (int() then
+        # raises, and the whole model's poll with it) and U+0661 ARABIC-INDIC ONE (a second version 1).
+        if not (entry.name.isascii() and entry.name.isdigit()) or not entry.is_dir(follow_symlinks=True):
             continue
         version = int(entry.name)
         if version <= 0:

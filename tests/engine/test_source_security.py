@@ -165,3 +165,13 @@ def test_the_engine_loads_neither_an_escaping_symlink_nor_another_user_s_version
         assert status[1]["state"] == "AVAILABLE"
     answer = server.post("/v1/models/m:predict", {"instances": [[2.0]]})
     assert answer.json() == {"predictions": [[3.0]]}, answer.text  # version 1 (x/2 + 2), never the others
+
+
+def test_folders_named_with_non_ascii_digits_are_no_versions(layout):
+    """'²' made int() raise and the model's whole poll fail; Arabic-Indic or full-width 1 was a second version 1."""
+    _root, base, _outside, trust = layout
+    for name in ("\u00b2", "\u0661", "\uff11"):  # superscript two, Arabic-Indic one, full-width one
+        (base / name).mkdir()
+        (base / name / "saved_model.pb").write_bytes(b"graph")
+    for rule in (None, trust):
+        assert sorted(list_versions(base, rule)) == [1]
