@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 from ..launcher import (
     MANAGEMENT_HOST,
@@ -28,6 +29,9 @@ __all__ = ["EngineSettings", "EngineSupervisor"]
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# An engine that ran this long before it died was not crash-looping: its restart starts the backoff
+# over (else the fifth crash of a week-long Jupyter session would wait 10 s, every later one 30 s).
+STABLE_RUN_SECONDS = 60.0
 
 
 class EngineSupervisor:
@@ -120,16 +124,21 @@ class EngineSupervisor:
             raise TimeoutError(f"the tfserve engine did not start within {timeout:.0f} s{where}") from None
 
     async def _watch_forever(self) -> None:
+        backoff = 0
         while not self._stopping:
             process = self.process
             if process is None:
                 return
+            started = time.monotonic()
             code = await process.wait()
             self._ready.clear()
             if self._stopping:
                 return
             self.last_exit = _describe_exit(code)
-            delay = RESTART_BACKOFF_SECONDS[min(self.restarts, len(RESTART_BACKOFF_SECONDS) - 1)]
+            if time.monotonic() - started >= STABLE_RUN_SECONDS:
+                backoff = 0
+            delay = RESTART_BACKOFF_SECONDS[min(backoff, len(RESTART_BACKOFF_SECONDS) - 1)]
+            backoff += 1
             self.restarts += 1
             self.state = "restarting"
             log.error("tfserve engine %s; restarting in %.1f s (restart %d)", self.last_exit, delay, self.restarts)
