@@ -183,6 +183,15 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     flag(engine, "report_ports_fd", int, -1,
          "Once the ports are bound, write them to this inherited file descriptor as one JSON line "
          "({\"pid\", \"rest_port\", \"grpc_port\", \"management_port\"}) and close it")
+    flag(engine, "max_decoded_request_bytes", int, 4 << 30,
+         "Most bytes of tensors one request may decode to (REST and gRPC), checked before they are allocated; "
+         "a request over it gets RESOURCE_EXHAUSTED (HTTP 429)")
+    flag(engine, "decoded_request_floor_bytes", int, 64 << 20,
+         "Bytes of tensors any request may decode to, however small it is (a zeros tensor sent as its shape "
+         "alone); beyond this, a request decodes to at most 8 times its size on the wire")
+    flag(engine, "decode_workers", int, 2,
+         "Processes that parse and decode REST :predict bodies of 256 KiB and more, so that the event loop "
+         "never waits for them; 0 decodes every body in the engine's own event loop")
 
     ignored = parser.add_argument_group(
         "accepted for compatibility with tensorflow_model_server",
@@ -247,8 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _skip_optional_imports_of_tensorflow() -> None:
+    """Keep scikit-learn out of the engine: TensorFlow's import pulls in Keras, whose sklearn wrapper
+    imports scikit-learn (and SciPy) when it is installed, about a quarter of the engine's start-up here.
+    Keras treats it as absent (``try: import sklearn except ImportError``), and a SavedModel cannot
+    call it; a restarted engine is back serving that much sooner."""
+    sys.modules.setdefault("sklearn", None)  # type: ignore[assignment]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _skip_optional_imports_of_tensorflow()
     if args.version:
         sys.stdout.write(version_text())
         return 0
