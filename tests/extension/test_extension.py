@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -86,20 +84,6 @@ async def test_nothing_is_reachable_without_the_jupyter_token(jp_fetch, jp_serve
     wrong = await client.fetch(base + "v1/models/half", headers={"Authorization": "token not-the-token"},
                                raise_error=False)
     assert wrong.code == 403
-
-
-@pytest.mark.timeout(240)
-async def test_a_killed_engine_is_back_with_its_models_within_10_seconds(jp_fetch, jp_serverapp):
-    supervisor = await _started(jp_serverapp)
-    await _wait_for_prediction(jp_fetch)
-    os.kill(supervisor.process.pid, signal.SIGKILL)
-    killed = time.monotonic()
-    answer = await _wait_for_prediction(jp_fetch, timeout=30)
-    back_after = time.monotonic() - killed
-    assert answer["body"] == {"predictions": [3.0, 4.0]}
-    assert back_after < 10, f"the engine took {back_after:.1f} s to come back"
-    engine = json.loads((await jp_fetch("tfserve", "api", "engine")).body)
-    assert engine["restarts"] == 1 and engine["last_exit"] == "was killed by SIGKILL"
 
 
 def test_extension_is_enabled_and_ok_when_installed():
