@@ -12,7 +12,8 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Int, List, Unicode, default
 
-from ..launcher import EngineSettings, engine_environment, private_directory, write_private_text
+from ..launcher import EngineSettings, private_directory, write_private_text
+from ..launcher import engine_environment as scrubbed_environment
 from .handlers import AcceptedTokens, EngineStatusHandler, ManagementProxyHandler, ProxyHandler
 from .supervisor import EngineSupervisor
 
@@ -136,7 +137,7 @@ class TFServeExtension(ExtensionApp):
         """``python -c`` with the engine's scrubbed environment; failures are logged, not raised."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            env=engine_environment(extra=self.engine_environment),
+            env=scrubbed_environment(extra=self.engine_environment),
         )
         _, errors = await process.communicate()
         if process.returncode:
