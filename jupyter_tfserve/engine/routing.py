@@ -70,9 +70,9 @@ class Split:
 def parse_arm(name: str | int) -> tuple[int | None, str | None]:
     """``"2"`` or ``2`` is version 2; anything else that is a valid label is that label."""
     text = str(name).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text), None
-    if not text or not text.replace("_", "").replace("-", "").isalnum() or text[0].isdigit():
+    if not text or not text.isascii() or not text.replace("_", "").replace("-", "").isalnum() or text[0].isdigit():
         raise invalid_argument(f"split arm {name!r} is neither a version number nor a label")
     return None, text
 

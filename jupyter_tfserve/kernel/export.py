@@ -75,7 +75,9 @@ def _make_owner_only(tree: Path) -> None:
 
 
 def next_version(base: Path) -> int:
-    versions = [int(entry.name) for entry in base.iterdir() if entry.name.isdigit()] if base.is_dir() else []
+    if not base.is_dir():
+        return 1
+    versions = [int(entry.name) for entry in base.iterdir() if entry.name.isascii() and entry.name.isdigit()]
     return max(versions, default=0) + 1
 
 

@@ -241,7 +241,7 @@ class TFServeMagics(Magics):
         labels = {}
         for item in args.label:
             label, _, version = item.partition("=")
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit()):
                 raise UsageError(f"--label wants LABEL=VERSION, got {item!r}")
             labels[label] = int(version)
         policy = parse_policy(args.policy) if args.policy else None

@@ -48,7 +48,8 @@ def _mapping(value: Any, what: str) -> Mapping:
 
 
 def _version_number(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+    digits = isinstance(value, str) and value.isascii() and value.isdigit()  # not '²': int() refuses it
+    if isinstance(value, bool) or not (isinstance(value, int) or digits):
         raise invalid_argument(f"{what} must be a version number, got {value!r}")
     number = int(value)
     if number < 1:

@@ -175,3 +175,16 @@ def test_folders_named_with_non_ascii_digits_are_no_versions(layout):
         (base / name / "saved_model.pb").write_bytes(b"graph")
     for rule in (None, trust):
         assert sorted(list_versions(base, rule)) == [1]
+
+
+def test_unicode_digits_are_no_version_number_anywhere():
+    from jupyter_tfserve.engine.errors import ServingError
+    from jupyter_tfserve.engine.routing import parse_arm
+    from jupyter_tfserve.server.control import _version_number
+
+    for text in ("\u00b2", "\uff11", "\u0663"):  # superscript two, full-width one, Arabic-Indic three
+        with pytest.raises(ServingError):
+            _version_number(text, "version")
+        with pytest.raises(ServingError):
+            parse_arm(text)
+    assert parse_arm("12") == (12, None) and _version_number("12", "version") == 12
