@@ -8,6 +8,7 @@ does: the same canonical code becomes the same HTTP status and gRPC status.
 from __future__ import annotations
 
 import enum
+import re
 
 
 class Code(enum.Enum):
@@ -64,6 +65,11 @@ class ServingError(Exception):
     def __repr__(self) -> str:
         return f"ServingError({self.code.name}, {self.message!r})"
 
+    def __reduce__(self) -> tuple:
+        # Exception pickles as cls(*args), which would lose the code: large REST bodies are decoded in a
+        # worker process, and its errors must reach the client with their own code.
+        return (ServingError, (self.code, self.message))
+
 
 def invalid_argument(message: str) -> ServingError:
     return ServingError(Code.INVALID_ARGUMENT, message)
@@ -79,3 +85,28 @@ def failed_precondition(message: str) -> ServingError:
 
 def unavailable(message: str) -> ServingError:
     return ServingError(Code.UNAVAILABLE, message)
+
+
+def resource_exhausted(message: str) -> ServingError:
+    return ServingError(Code.RESOURCE_EXHAUSTED, message)
+
+
+# An absolute POSIX path: a "/" that starts a word (not inside a URL, a relative path or a TensorFlow node
+# name such as "dense/MatMul"), then path characters.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;:()\[\]{}<>|]+")
+
+
+def redact_paths(message: str) -> str:
+    """``message`` with each absolute path cut to its last component (``.../saved_model.pb``).
+
+    Load and runtime errors name files on the engine's disk (the model repository, the user's home);
+    a share token's bearer may see the error but has no business knowing where the owner keeps things.
+    The last component stays, so "file not found" still says which file.
+    """
+    return _ABSOLUTE_PATH.sub(_last_component, message)
+
+
+def _last_component(match: re.Match) -> str:
+    tail = match.group(0).rstrip("/").rpartition("/")[2]
+    return f".../{tail}" if tail else "..."
+

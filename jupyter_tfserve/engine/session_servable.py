@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from .tf_private import make_session_callable
 log = logging.getLogger(__name__)
 
 _VARIABLE_OPS = {"VarHandleOp": "resource", "VariableV2": "ref", "Variable": "ref"}
+# Callables for output subsets that output_filter asks for, kept at most this many per version (least
+# recently used first out): a signature with n outputs has 2**n - 1 subsets, each a TF callable.
+MAX_CALLABLES = 16
 
 
 class SessionServable(Servable):
@@ -35,47 +39,62 @@ class SessionServable(Servable):
         super().__init__(name, version, path, meta_graph.signature_def, method_name_check=method_name_check,
                          detail=detail)
         self._session = session
+        # Each signature's callable for all its outputs, built at load and kept; callables for the
+        # subsets output_filter asks for, in a bounded LRU. Both are keyed by the *sorted* outputs, and
+        # the answer is put in the order asked: the order is the client's, and n outputs have n! orders.
         self._callables: dict[tuple, Callable] = {}
+        self._subsets: OrderedDict[tuple, Callable] = OrderedDict()
         self._lock = threading.Lock()
 
     def run(self, signature: SignatureSpec, inputs: dict[str, np.ndarray], output_keys: Sequence[str]) -> dict:
         input_keys = tuple(sorted(inputs))
-        output_keys = tuple(output_keys)
-        fn = self._callable(signature, input_keys, output_keys)
+        fetched = tuple(sorted(output_keys))
+        fn = self._callable(signature, input_keys, fetched)
         try:
             results = fn(*(inputs[key] for key in input_keys))
         except Exception as error:
             raise as_serving_error(error) from None
-        return {key: _as_array(value) for key, value in zip(output_keys, results, strict=True)}
+        by_key = dict(zip(fetched, results, strict=True))
+        return {key: _as_array(by_key[key]) for key in output_keys}
 
     def _callable(self, signature: SignatureSpec, input_keys: tuple, output_keys: tuple) -> Callable:
         cache_key = (signature.name, input_keys, output_keys)
         fn = self._callables.get(cache_key)
         if fn is not None:
             return fn
+        every = output_keys == tuple(sorted(signature.outputs)) and input_keys == tuple(sorted(signature.inputs))
         with self._lock:
-            fn = self._callables.get(cache_key)
-            if fn is None:
-                try:
-                    fn = make_session_callable(
-                        self._session,
-                        [signature.inputs[key].tensor_name for key in input_keys],
-                        [signature.outputs[key].tensor_name for key in output_keys],
-                    )
-                except Exception as error:
-                    raise as_serving_error(error) from None
+            fn = self._callables.get(cache_key) if every else self._subsets.get(cache_key)
+            if fn is not None:
+                if not every:
+                    self._subsets.move_to_end(cache_key)
+                return fn
+            try:
+                fn = make_session_callable(
+                    self._session,
+                    [signature.inputs[key].tensor_name for key in input_keys],
+                    [signature.outputs[key].tensor_name for key in output_keys],
+                )
+            except Exception as error:
+                raise as_serving_error(error) from None
+            if every:
                 self._callables[cache_key] = fn
+            else:
+                self._subsets[cache_key] = fn
+                while len(self._subsets) > MAX_CALLABLES:
+                    self._subsets.popitem(last=False)
         return fn
 
     def prepare(self, signature_names: Iterable[str]) -> None:
         """Build each signature's callable now, so a signature naming missing tensors fails the load."""
         for name in signature_names:
             signature = self.signatures[name]
-            self._callable(signature, tuple(sorted(signature.inputs)), tuple(signature.outputs))
+            self._callable(signature, tuple(sorted(signature.inputs)), tuple(sorted(signature.outputs)))
 
     def _release(self) -> None:
         with self._lock:
             self._callables.clear()
+            self._subsets.clear()
         self._session.close()
 
 

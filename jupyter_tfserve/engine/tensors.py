@@ -14,13 +14,24 @@ a TensorProto) the request would otherwise have been silently truncated.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import functools
+import itertools
 import json
+import logging
 import math
+import os
+import pickle
+import signal
+import struct
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +42,9 @@ try:  # an accelerator for the common request (one dense float tensor); everythi
 except ImportError:  # pragma: no cover - pysimdjson is a dependency, but has no wheel on some platforms
     simdjson = None
 
-from .errors import ServingError, invalid_argument
+from .errors import ServingError, invalid_argument, resource_exhausted
 from .signature import (
+    DEFAULT_SIGNATURE,
     DT_BFLOAT16,
     DT_BOOL,
     DT_COMPLEX64,
@@ -54,6 +66,8 @@ from .signature import (
     TensorSpec,
 )
 
+log = logging.getLogger(__name__)
+
 _NUMPY_OPTION = orjson.OPT_SERIALIZE_NUMPY
 _MAX_DEPTH = 64  # numpy's own limit on dimensions
 _BYTES_SUFFIX = "_bytes"
@@ -68,6 +82,94 @@ def _dtype_name(tf_dtype: int) -> str:
 
 def _aliases(keys: Any) -> str:
     return "{" + ", ".join(sorted(keys)) + "}"
+
+
+# -- how much one request may decode to ------------------------------------------------------------
+
+DEFAULT_MAX_DECODED_BYTES = 4 << 30
+DEFAULT_DECODED_FLOOR_BYTES = 64 << 20
+# The most a dense encoding needs per byte on the wire: an int64 of 0 is one byte of varint.
+DECODED_BYTES_PER_WIRE_BYTE = 8
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How many bytes of tensors one request may decode to; checked before anything is allocated.
+
+    A request states its own sizes: a TensorProto's shape (by TensorFlow's padding rule, one
+    ``float_val`` with a shape of 2**29 is a 2 GiB array), a JSON list's length. Without a limit,
+    whoever may call predict chooses how much memory the engine allocates. Any request may decode to
+    ``floor_bytes`` (a zeros tensor sent as its shape alone is legitimate), a larger one to
+    ``DECODED_BYTES_PER_WIRE_BYTE`` times its size on the wire, and none to more than ``max_bytes``.
+    """
+
+    max_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    floor_bytes: int = DEFAULT_DECODED_FLOOR_BYTES
+
+    def limit_for(self, wire_bytes: int) -> int:
+        """The decoded bytes allowed to a request of ``wire_bytes``."""
+        return min(self.max_bytes, max(self.floor_bytes, DECODED_BYTES_PER_WIRE_BYTE * wire_bytes))
+
+
+_DEFAULT_LIMITS = DecodeLimits()
+
+
+class DecodeBudget:
+    """One request's decoded bytes so far, against its :class:`DecodeLimits`.
+
+    Decoders call :meth:`take` with an array's size *before* allocating it. The request's wire size
+    may be given as a callable: a protobuf message's ``ByteSize`` costs a serialization, so it is
+    asked only once a request decodes to more than the floor.
+    """
+
+    __slots__ = ("_limit", "_quotes", "_wire", "body", "limits", "used")
+
+    def __init__(self, limits: DecodeLimits | None = None, wire_bytes: int | Callable[[], int] = 0,
+                 body: bytes | None = None) -> None:
+        self.limits = limits or _DEFAULT_LIMITS
+        self._wire = wire_bytes
+        self._limit: int | None = None
+        self.used = 0
+        # A REST body's text: its count of '"' proves, for most bodies, that no tensor holds a JSON
+        # string (see decode_predict_request), which spares numeric inputs a look at every value's type.
+        self.body = body
+        self._quotes: int | None = None
+
+    @property
+    def quotes(self) -> int:
+        if self._quotes is None:
+            self._quotes = self.body.count(b'"') if self.body is not None else 1 << 62
+        return self._quotes
+
+    @property
+    def wire_bytes(self) -> int:
+        if callable(self._wire):
+            self._wire = int(self._wire())
+        return self._wire
+
+    @property
+    def limit(self) -> int:
+        if self._limit is None:
+            self._limit = self.limits.limit_for(self.wire_bytes)
+        return self._limit
+
+    def take(self, nbytes: int, what: str) -> None:
+        """Count ``nbytes`` more; RESOURCE_EXHAUSTED (nothing allocated yet) when over the limit."""
+        self.used += nbytes
+        limits = self.limits
+        if self.used <= limits.floor_bytes and self.used <= limits.max_bytes:
+            return
+        if self.used > self.limit:
+            raise resource_exhausted(
+                f"{what} would bring the request's tensors to {self.used} bytes, more than the {self.limit} bytes "
+                f"this server decodes for a request of {self.wire_bytes} bytes (any request may decode to "
+                f"{limits.floor_bytes} bytes, a larger one to {DECODED_BYTES_PER_WIRE_BYTE} times its size, none to "
+                f"more than {limits.max_bytes}: --max_decoded_request_bytes)")
+
+
+def _out_of_memory(what: str) -> ServingError:
+    """MemoryError as the client's answer: never UNKNOWN, never counted as OK."""
+    return resource_exhausted(f"{what}: the server ran out of memory decoding the request")
 
 
 # -- JSON in ---------------------------------------------------------------------------------------
@@ -104,6 +206,10 @@ FAST_PATH_MIN_BYTES = 1024
 _FAST_TENSOR_KEYS = ("instances", "inputs")
 _FAST_ALLOWED_KEYS = frozenset((*_FAST_TENSOR_KEYS, "signature_name"))
 _FLOAT_TF_DTYPES = frozenset((DT_HALF, DT_FLOAT, DT_DOUBLE))
+# A simdjson parser keeps the capacity of the largest document it has parsed (a 40 MB body leaves
+# ~500 MB behind), so each thread's reused parser only sees bodies up to this size; a larger body
+# gets a parser of its own, freed with it.
+_REUSED_PARSER_MAX_BYTES = 4 << 20
 _parsers = threading.local()
 
 
@@ -127,7 +233,7 @@ class DenseNumbers:
         """The value as orjson parses it (nested lists)."""
         return parse_json_body(self.body)[self.key]
 
-    def as_input(self, signature: SignatureSpec) -> dict[str, np.ndarray] | None:
+    def as_input(self, signature: SignatureSpec, budget: DecodeBudget | None = None) -> dict[str, np.ndarray] | None:
         """The array for a one-input float signature, exactly as the ordinary path would give it; else None."""
         if len(signature.inputs) != 1:
             return None
@@ -137,6 +243,8 @@ class DenseNumbers:
         raw = self.values
         if np.abs(raw).max() > _exact_int_limit(spec.dtype) and (raw == np.trunc(raw)).all():
             return None  # maybe all JSON integers, which the ordinary path checks for exactness
+        if budget is not None:
+            budget.take(raw.size * spec.dtype.itemsize, f"Input {spec.key!r}")
         return {spec.key: _floats_to(raw, spec)}
 
 
@@ -150,17 +258,30 @@ def parse_predict_body(body: bytes) -> dict:
     Anything else (objects, strings, b64, NaN, ragged or empty arrays, invalid JSON)
     goes the ordinary way.
     """
-    if simdjson is not None and len(body) >= FAST_PATH_MIN_BYTES:
+    if simdjson is not None and len(body) >= FAST_PATH_MIN_BYTES and _may_be_dense(body):
         request = _parse_dense(body)
         if request is not None:
             return request
     return parse_json_body(body)
 
 
+def _may_be_dense(body: bytes) -> bool:
+    """False when the body's array holds a string or an object, told without parsing (memchr speed).
+
+    The fast path's parse is wasted on such a body, and costs about a second for 40 MB of zeros
+    ending in a string; keys and the signature name lie outside the array's brackets.
+    """
+    start, end = body.find(b"["), body.rfind(b"]")
+    return body.find(b'"', start, end) < 0 and body.find(b"{", start, end) < 0
+
+
 def _parse_dense(body: bytes) -> dict | None:
-    parser = getattr(_parsers, "parser", None)
-    if parser is None:
-        parser = _parsers.parser = simdjson.Parser()
+    if len(body) > _REUSED_PARSER_MAX_BYTES:
+        parser = simdjson.Parser()
+    else:
+        parser = getattr(_parsers, "parser", None)
+        if parser is None:
+            parser = _parsers.parser = simdjson.Parser()
     try:
         document = parser.parse(body)
     except Exception:  # invalid JSON, or valid only for the stdlib parser: the ordinary path explains
@@ -220,18 +341,27 @@ def _is_dense(body: bytes, shape: tuple[int, ...]) -> bool:
     start, end = body.find(b"["), body.rfind(b"]")
     if start < 0 or end < start:
         return False
-    return body[start:end + 1].translate(None, _NUMBER_CHARACTERS) == _dense_structure(shape)
+    structure = body[start:end + 1].translate(None, _NUMBER_CHARACTERS)
+    expected = _dense_structure_cached(shape) if math.prod(shape) <= _CACHED_STRUCTURE_ELEMENTS else (
+        _dense_structure(shape))
+    return structure == expected
 
 
 _NUMBER_CHARACTERS = b"0123456789.eE+- \t\r\n"
+# Structures are cached for the shapes clients repeat (a 28x28 image, a batch of 3072 floats), never for
+# a large one: the cache key is the client's shape and each value about as large as its body, so caching
+# every shape let a client pin 64 bodies' worth of memory. 64 entries of at most ~128 KiB: 8 MiB at most.
+_CACHED_STRUCTURE_ELEMENTS = 1 << 16
 
 
-@functools.lru_cache(maxsize=64)
 def _dense_structure(shape: tuple[int, ...]) -> bytes:
     if len(shape) == 1:
         return b"[" + b"," * (shape[0] - 1) + b"]"
     inner = _dense_structure(shape[1:])
     return b"[" + b",".join([inner] * shape[0]) + b"]"
+
+
+_dense_structure_cached = functools.lru_cache(maxsize=64)(_dense_structure)
 
 
 def _is_b64(value: Any) -> bool:
@@ -337,47 +467,162 @@ def _lossy_float(item: float | int, target: np.dtype) -> str | None:
     return None
 
 
-def _find_problem(value: Any, spec: TensorSpec, what: str) -> str | None:
-    """Walk a JSON value that numpy refused, to say exactly where and why; None when it is fine."""
+# The leaf types each kind of numeric input accepts (bool is not an int here, as in TF Serving).
+_LEAF_TYPES: dict[str, frozenset[type]] = {
+    "f": frozenset((int, float)), "c": frozenset((int, float)), "i": frozenset((int,)), "u": frozenset((int,)),
+    "b": frozenset((bool,)),
+}
+
+
+def _find_problem(value: Any, spec: TensorSpec, what: str, *, ranges: bool = True) -> str | None:
+    """Walk a JSON value to say exactly where and why it is no tensor of ``spec``; None when it is fine.
+
+    Two passes: the first finds the first value (depth first) of the wrong shape or type, and screens
+    each innermost list with one ``set(map(type, ...))`` instead of a Python step per value, so a
+    40 MB list of zeros ending in a string is refused in well under a second; the second, only when
+    the first found nothing and ``ranges`` is set, finds values out of the dtype's range.
+    """
+    found = _first_problem(value, spec, what, ranges=ranges)
+    return None if found is None else found[0]
+
+
+def _first_problem(value: Any, spec: TensorSpec, what: str, *, ranges: bool) -> tuple[str, int] | None:
+    """The first problem's message and the index, in ``value``, of the element it lies in (-1: value itself)."""
     shape = _leading_shape(value)
     if len(shape) > _MAX_DEPTH:
-        return f"{what} is nested deeper than {_MAX_DEPTH} levels"
-    stack: list[tuple[Any, int]] = [(value, 0)]
+        return f"{what} is nested deeper than {_MAX_DEPTH} levels", -1
+    found = _structure_problem(value, shape, spec, what)
+    if found is None and ranges:
+        found = _value_problem(value, shape, spec, what)
+    return found
+
+
+def _not_dense(what: str, level: int, length: int, shape: tuple[int, ...]) -> str:
+    return (f"{what} is not a dense tensor: a list at depth {level + 1} has {length} elements "
+            f"where the first one implies shape {list(shape)}")
+
+
+def _misplaced(what: str, item: Any, level: int, shape: tuple[int, ...]) -> str:
+    return (f"{what} is not a dense tensor: {_describe(item)} found at depth {level + 1} where the first "
+            f"element implies shape {list(shape)}")
+
+
+def _structure_problem(value: Any, shape: tuple[int, ...], spec: TensorSpec, what: str) -> tuple[str, int] | None:
+    """The first list of the wrong length, or leaf at the wrong depth or of the wrong JSON type."""
+    accepted = None if spec.is_string else _LEAF_TYPES.get(spec.dtype.kind)
+    rank = len(shape)
+    stack: list[tuple[Any, int, int]] = [(value, 0, -1)]  # (item, depth, index of the top-level element)
     while stack:
-        item, level = stack.pop()
+        item, level, top = stack.pop()
+        if isinstance(item, list):
+            if level >= rank or len(item) != shape[level]:
+                return _not_dense(what, level, len(item), shape), top
+            if level == rank - 1 and accepted is not None:
+                index = _first_unaccepted(item, accepted)
+                if index >= 0:  # reported below, as a misplaced list or a value of the wrong type
+                    stack.append((item[index], level + 1, index if level == 0 else top))
+                continue
+            if level == 0:
+                stack.extend((child, 1, index) for index, child in reversed(list(enumerate(item))))
+            else:
+                stack.extend((child, level + 1, top) for child in reversed(item))
+            continue
+        if level != rank:
+            return _misplaced(what, item, level, shape), top
+        if accepted is not None:
+            if type(item) not in accepted:
+                return f"{what} expects {spec.dtype_name} values but got {_leaf_problem(item, spec)}", top
+        else:
+            problem = _leaf_problem(item, spec)
+            if problem is not None:
+                return f"{what} expects {spec.dtype_name} values but got {problem}", top
+    return None
+
+
+_SCREEN_STEP = 1 << 16
+
+
+def _first_unaccepted(items: list, accepted: frozenset[type]) -> int:
+    """The index of the first element whose type is not ``accepted``, or -1; C-speed steps, no per-value Python."""
+    for start in range(0, len(items), _SCREEN_STEP):
+        chunk = items[start:start + _SCREEN_STEP] if len(items) > _SCREEN_STEP else items
+        types = set(map(type, chunk))
+        if not types <= accepted:
+            kinds = list(map(type, chunk))
+            return start + min(kinds.index(kind) for kind in types - accepted)
+    return -1
+
+
+def _value_problem(value: Any, shape: tuple[int, ...], spec: TensorSpec, what: str) -> tuple[str, int] | None:
+    """Every leaf through :func:`_leaf_problem` (ranges, precision), one Python step per value except in
+    innermost lists that :func:`_within_range` clears at once."""
+    stack: list[tuple[Any, int, int]] = [(value, 0, -1)]
+    while stack:
+        item, level, top = stack.pop()
         if isinstance(item, list):
             if level >= len(shape) or len(item) != shape[level]:
-                return (f"{what} is not a dense tensor: a list at depth {level + 1} has {len(item)} elements "
-                        f"where the first one implies shape {list(shape)}")
-            stack.extend((child, level + 1) for child in reversed(item))
+                return _not_dense(what, level, len(item), shape), top
+            if level == len(shape) - 1 and _within_range(item, spec):
+                continue
+            if level == 0:
+                stack.extend((child, 1, index) for index, child in reversed(list(enumerate(item))))
+            else:
+                stack.extend((child, level + 1, top) for child in reversed(item))
             continue
         if level != len(shape):
-            return (f"{what} is not a dense tensor: {_describe(item)} found at depth {level + 1} where the first "
-                    f"element implies shape {list(shape)}")
+            return _misplaced(what, item, level, shape), top
         problem = _leaf_problem(item, spec)
         if problem is not None:
-            return f"{what} expects {spec.dtype_name} values but got {problem}"
+            return f"{what} expects {spec.dtype_name} values but got {problem}", top
     return None
 
 
-def _explain(value: Any, spec: TensorSpec, rows: bool) -> ServingError | None:
-    """The error for a value numpy could not (or must not) convert, found by a slow walk; None if it is fine."""
+def _within_range(items: list, spec: TensorSpec) -> bool:
+    """Whether every value of an innermost list, of accepted types already (the first pass saw to it), is
+    certainly in range: min, max and abs run in C. False means look at each value."""
+    if not items or spec.is_string:
+        return not items
+    kind = spec.dtype.kind
+    try:
+        if kind in "iu":
+            info = np.iinfo(spec.dtype)
+            return info.min <= min(items) and max(items) <= info.max
+        if kind == "f":
+            return max(map(abs, items)) <= _exact_int_limit(spec.dtype)
+    except TypeError:  # a value of another type after all
+        return False
+    return True  # booleans and complex numbers have no range to check
+
+
+def _explain(value: Any, spec: TensorSpec, rows: bool, *, ranges: bool = True) -> ServingError | None:
+    """The error for a value numpy could not (or must not) convert, found by a walk; None if it is fine."""
+    error = _explain_pass(value, spec, rows, ranges=False)
+    if error is None and ranges:
+        error = _explain_pass(value, spec, rows, ranges=True)
+    return error
+
+
+def _explain_pass(value: Any, spec: TensorSpec, rows: bool, *, ranges: bool) -> ServingError | None:
     name = f"Input {spec.key!r}"
     if not rows:
-        problem = _find_problem(value, spec, name)
+        problem = _find_problem(value, spec, name, ranges=ranges)
         return None if problem is None else invalid_argument(problem)
-    first: tuple[int, ...] | None = None
-    for index, instance in enumerate(value):
-        problem = _find_problem(instance, spec, f"{name} in instance {index}")
-        if problem is not None:
-            return invalid_argument(problem)
-        shape = _leading_shape(instance)
-        if first is None:
-            first = shape
-        elif shape != first:
-            return invalid_argument(f"{name} is ragged: instance {index} has shape {list(shape)} but instance 0 "
-                                    f"has shape {list(first)}; all instances must have the same shape")
-    return None
+    # Rows: the walk over all of them finds the first instance at fault (instance 0 sets the shape, as
+    # numpy would), then that instance alone is explained in its own terms.
+    found = _first_problem(value, spec, name, ranges=ranges)
+    if found is None:
+        return None
+    message, index = found
+    if index < 0:
+        return invalid_argument(message)
+    problem = _find_problem(value[index], spec, f"{name} in instance {index}", ranges=ranges)
+    if problem is not None:
+        return invalid_argument(problem)
+    shape, first = _leading_shape(value[index]), _leading_shape(value[0])
+    if index and shape != first:
+        return invalid_argument(f"{name} is ragged: instance {index} has shape {list(shape)} but instance 0 "
+                                f"has shape {list(first)}; all instances must have the same shape")
+    return invalid_argument(message)
 
 
 def _slow_array(value: Any, spec: TensorSpec, rows: bool) -> np.ndarray:
@@ -395,15 +640,36 @@ def _slow_array(value: Any, spec: TensorSpec, rows: bool) -> np.ndarray:
         raise invalid_argument(f"Input {spec.key!r} cannot be converted to a {spec.dtype_name} tensor") from None
 
 
-def _json_to_array(value: Any, spec: TensorSpec, rows: bool) -> np.ndarray:
+class _Decoding:
+    """What decoding one :predict body carries from input to input."""
+
+    __slots__ = ("budget", "no_strings")
+
+    def __init__(self, budget: DecodeBudget, no_strings: bool) -> None:
+        self.budget = budget
+        # True when numpy may see the values as they are: the body's quotes prove no tensor holds a
+        # JSON string, or the body is too small for it to matter (_too_small_to_matter).
+        self.no_strings = no_strings
+
+
+def _json_to_array(value: Any, spec: TensorSpec, rows: bool, decoding: _Decoding) -> np.ndarray:
     """One input's JSON value (or list of per-instance values) as an array of the signature's dtype."""
     if spec.is_string:
-        return _strings_to_array(value, spec, rows)
+        return _strings_to_array(value, spec, rows, decoding)
     target = spec.dtype
+    if not decoding.no_strings and _holds_text(value):
+        # numpy's type discovery turns a list of numbers holding one string into a string array as wide
+        # as the longest string for every element: 8000 zeros and one 40000-character string (a 56 KB
+        # body) make 1.3 GB. Such a value is explained without numpy. (Bodies too small for that to
+        # pass the floor skip the look: see _Decoding.)
+        error = _explain(value, spec, rows, ranges=False)
+        if error is not None:
+            raise error
     try:
-        raw = np.asarray(value)
+        raw = np.asarray(value)  # at most 8 bytes a value, and each took at least 2 bytes of the body
     except (ValueError, TypeError, OverflowError, RecursionError):
         return _slow_array(value, spec, rows)
+    decoding.budget.take(raw.size * target.itemsize, f"Input {spec.key!r}")
     if raw.size == 0 and raw.dtype.kind == "f" and isinstance(value, list):
         return np.zeros(raw.shape, dtype=target)  # [] parses as float64 whatever the input's dtype
     kind = raw.dtype.kind
@@ -417,6 +683,24 @@ def _json_to_array(value: Any, spec: TensorSpec, rows: bool) -> np.ndarray:
         else:
             return _floats_to(raw, spec)
     return raw.astype(target, copy=False)
+
+
+def _holds_text(value: Any) -> bool:
+    """Whether a JSON value holds a string anywhere, a depth at a time, the element types seen in C."""
+    level = [value]
+    while level:
+        types = set(map(type, level))
+        if str in types:
+            return True
+        if list not in types:
+            return False
+        lists = level if types == _ONLY_LISTS else filter(_IS_LIST, level)
+        level = list(itertools.chain.from_iterable(lists))
+    return False
+
+
+_ONLY_LISTS = {list}
+_IS_LIST = list.__instancecheck__
 
 
 def _floats_to(raw: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -463,7 +747,7 @@ def _check_float_range(raw: np.ndarray, array: np.ndarray, spec: TensorSpec) -> 
                                f"{_describe(bad)}, which is out of range for {spec.dtype.name}")
 
 
-def _strings_to_array(value: Any, spec: TensorSpec, rows: bool) -> np.ndarray:
+def _strings_to_array(value: Any, spec: TensorSpec, rows: bool, decoding: _Decoding) -> np.ndarray:
     """JSON strings and {"b64": ...} objects (nested to any depth) as an object array of bytes."""
     what = f"Input {spec.key!r}"
     shape = _leading_shape(value)
@@ -475,6 +759,7 @@ def _strings_to_array(value: Any, spec: TensorSpec, rows: bool) -> np.ndarray:
     except ServingError as error:
         better = _explain(value, spec, rows) if rows else None
         raise (better or error) from None
+    decoding.budget.take(len(flat) * 8 + sum(map(len, flat)), what)
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array.reshape(shape)
@@ -512,13 +797,38 @@ def _string_leaf(item: Any, spec: TensorSpec, what: str) -> bytes:
     raise invalid_argument(f"{what} expects {spec.dtype_name} values but got {_leaf_problem(item, spec)}")
 
 
-def decode_predict_request(request: dict, signature: SignatureSpec) -> tuple[dict[str, np.ndarray], bool]:
+_REQUEST_KEYS = frozenset(("instances", "inputs", "signature_name"))
+
+
+# A key or name holding a quote may be written with \" or \u0022 (one quote character in the text, or none):
+# its share of the body's quotes is unknown, so no proof is attempted (the sum stays negative whatever is added).
+_UNPROVABLE = -(1 << 62)
+
+
+def _quoted(text: str) -> int:
+    """The '"' characters a JSON string's text holds: exactly its two quotes when it holds no quote itself."""
+    return 2 if '"' not in text else _UNPROVABLE
+
+
+def decode_predict_request(request: dict, signature: SignatureSpec,
+                           budget: DecodeBudget | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """A :predict body as arrays keyed by input alias, plus whether it used the row ("instances") format.
 
     The format decides the response's shape, so it is returned alongside.
     Shapes are not checked against the signature: TF Serving leaves that to
-    TensorFlow (see :func:`shape_hints`).
+    TensorFlow (see :func:`shape_hints`). Arrays are counted against ``budget``,
+    which should carry the body (its size and text) the request was parsed from.
     """
+    if budget is None:
+        budget = DecodeBudget()
+    try:
+        return _decode_predict_request(request, signature, budget)
+    except MemoryError:
+        raise _out_of_memory("The :predict request") from None
+
+
+def _decode_predict_request(request: dict, signature: SignatureSpec,
+                            budget: DecodeBudget) -> tuple[dict[str, np.ndarray], bool]:
     has_instances = "instances" in request
     has_inputs = "inputs" in request
     if has_instances and has_inputs:
@@ -528,16 +838,39 @@ def decode_predict_request(request: dict, signature: SignatureSpec) -> tuple[dic
         raise invalid_argument("Missing \"inputs\" or \"instances\" key in the request body")
     value = request["instances" if has_instances else "inputs"]
     if isinstance(value, DenseNumbers):
-        dense = value.as_input(signature)
+        dense = value.as_input(signature, budget)
         if dense is not None:
             return dense, has_instances
         value = value.materialize()
+    # The body's '"' characters that its keys and signature name account for; any more may be strings
+    # inside tensors (None: no proof needed, or none possible: the body's text is unknown, or it holds
+    # other values that may hold strings).
+    accounted: int | None = None
+    if budget.body is not None and not _too_small_to_matter(budget) and _REQUEST_KEYS.issuperset(request):
+        accounted = sum(map(_quoted, request))
+        name = request.get("signature_name")
+        if isinstance(name, str):
+            accounted += _quoted(name)
     if has_instances:
-        return _decode_rows(value, signature), True
-    return _decode_columns(value, signature), False
+        return _decode_rows(value, signature, request, accounted, budget), True
+    return _decode_columns(value, signature, request, accounted, budget), False
 
 
-def _decode_rows(instances: Any, signature: SignatureSpec) -> dict[str, np.ndarray]:
+def _too_small_to_matter(budget: DecodeBudget) -> bool:
+    """Whether the body is too small for a string among numbers to make numpy's array exceed the floor:
+    N values and a string of L characters make 4*N*L bytes, and N + L fit in the body, so at most the
+    body's size squared."""
+    wire = budget.wire_bytes
+    return wire > 0 and wire * wire <= budget.limits.floor_bytes
+
+
+def _decoding(request: dict, accounted: int | None, budget: DecodeBudget) -> _Decoding:
+    no_strings = _too_small_to_matter(budget) or (accounted is not None and budget.quotes <= accounted)
+    return _Decoding(budget, no_strings)
+
+
+def _decode_rows(instances: Any, signature: SignatureSpec, request: dict, accounted: int | None,
+                 budget: DecodeBudget) -> dict[str, np.ndarray]:
     specs = signature.inputs
     if not isinstance(instances, list):
         raise invalid_argument(f"\"instances\" must be a list, not {_describe(instances)}")
@@ -551,7 +884,7 @@ def _decode_rows(instances: Any, signature: SignatureSpec) -> dict[str, np.ndarr
             raise invalid_argument(f"\"instances\" is a plain list, but signature {signature.name!r} has several "
                                    f"inputs {_aliases(specs)}: each instance must be an object naming them")
         (spec,) = specs.values()  # a later instance that is an object is reported as a wrongly typed value
-        return {spec.key: _json_to_array(instances, spec, rows=True)}
+        return {spec.key: _json_to_array(instances, spec, True, _decoding(request, accounted, budget))}
     expected = specs.keys()
     columns: dict[str, list] = {key: [] for key in specs}
     for index, instance in enumerate(instances):
@@ -568,10 +901,14 @@ def _decode_rows(instances: Any, signature: SignatureSpec) -> dict[str, np.ndarr
                                    f"{_aliases(specs)}")
         for key, column in columns.items():
             column.append(instance[key])
-    return {key: _json_to_array(column, specs[key], rows=True) for key, column in columns.items()}
+    if accounted is not None:
+        accounted += len(instances) * sum(map(_quoted, specs))
+    decoding = _decoding(request, accounted, budget)
+    return {key: _json_to_array(column, specs[key], True, decoding) for key, column in columns.items()}
 
 
-def _decode_columns(inputs: Any, signature: SignatureSpec) -> dict[str, np.ndarray]:
+def _decode_columns(inputs: Any, signature: SignatureSpec, request: dict, accounted: int | None,
+                    budget: DecodeBudget) -> dict[str, np.ndarray]:
     specs = signature.inputs
     if _is_named(inputs):
         for key in inputs:
@@ -582,12 +919,15 @@ def _decode_columns(inputs: Any, signature: SignatureSpec) -> dict[str, np.ndarr
             if key not in inputs:
                 raise invalid_argument(f"Missing named input {key!r} in the \"inputs\" object; expected inputs "
                                        f"{_aliases(specs)}")
-        return {key: _json_to_array(inputs[key], spec, rows=False) for key, spec in specs.items()}
+        if accounted is not None:
+            accounted += sum(map(_quoted, specs))
+        decoding = _decoding(request, accounted, budget)
+        return {key: _json_to_array(inputs[key], spec, False, decoding) for key, spec in specs.items()}
     if len(specs) != 1:
         raise invalid_argument(f"\"inputs\" is a plain value, but signature {signature.name!r} has "
                                f"{len(specs)} inputs {_aliases(specs)}: send an object naming each of them")
     (spec,) = specs.values()
-    return {spec.key: _json_to_array(inputs, spec, rows=False)}
+    return {spec.key: _json_to_array(inputs, spec, False, _decoding(request, accounted, budget))}
 
 
 def shape_hints(inputs: dict[str, np.ndarray], signature: SignatureSpec) -> list[str]:
@@ -839,69 +1179,162 @@ _TYPED_FIELDS = {
 _NUMPY_TO_TF = {dtype: tf_dtype for tf_dtype, dtype in NUMPY_DTYPES.items() if tf_dtype != DT_STRING}
 
 
-def tensor_proto_to_numpy(proto: Any) -> np.ndarray:
+def tensor_proto_to_numpy(proto: Any, budget: DecodeBudget | None = None) -> np.ndarray:
     """A TensorProto as an array, without tf.make_ndarray's import and per-call cost.
 
     ``tensor_content`` is wrapped zero-copy (the array is read-only). Typed
     fields follow TensorFlow's rule: no values means zeros, fewer values than
     the shape holds are padded with the last one (so one value fills the shape);
     more values than the shape holds are an error rather than silently dropped.
+    The shape is the client's claim: the array it implies is counted against
+    ``budget`` (by default the proto's own size's) before it is allocated.
     """
+    if budget is None:
+        budget = DecodeBudget(wire_bytes=proto.ByteSize)
+    try:
+        return _tensor_proto_to_numpy(proto, budget, "Tensor")
+    except MemoryError:
+        raise _out_of_memory("Tensor") from None
+
+
+def _tensor_proto_to_numpy(proto: Any, budget: DecodeBudget, what: str) -> np.ndarray:
     tf_dtype = int(proto.dtype)
     dtype = NUMPY_DTYPES.get(tf_dtype)
     if dtype is None:
         raise invalid_argument(f"Tensor dtype {_dtype_name(tf_dtype)} is not supported")
     if proto.tensor_shape.unknown_rank:
         raise invalid_argument("A tensor in a request must have a known shape (tensor_shape.unknown_rank is set)")
-    shape = tuple(int(dim.size) for dim in proto.tensor_shape.dim)
+    dims = proto.tensor_shape.dim
+    if len(dims) > _MAX_DEPTH:
+        raise invalid_argument(f"Tensor shape has {len(dims)} dimensions; at most {_MAX_DEPTH} are supported")
+    shape = tuple(int(dim.size) for dim in dims)
     if any(size < 0 for size in shape):
         raise invalid_argument(f"Tensor shape {list(shape)} has a negative dimension")
     count = math.prod(shape)
     content = proto.tensor_content
     if content and tf_dtype != DT_STRING:
         if count == 0:
-            return np.zeros(shape, dtype=dtype)
+            return _empty(shape, dtype)
         if len(content) != count * dtype.itemsize:
             raise invalid_argument(f"tensor_content holds {len(content)} bytes but a {_dtype_name(tf_dtype)} tensor "
                                    f"of shape {list(shape)} needs {count * dtype.itemsize}")
+        budget.take(len(content), what)
         return np.frombuffer(content, dtype=dtype.newbyteorder("<")).reshape(shape)
     field = _TYPED_FIELDS[tf_dtype]
-    values = _typed_values(proto, tf_dtype, dtype, field)
+    values = getattr(proto, field)
     n = len(values)
-    if n == count:
-        return values.reshape(shape)
+    if tf_dtype in (DT_COMPLEX64, DT_COMPLEX128):  # (real, imaginary) pairs
+        if n % 2:
+            raise invalid_argument(f"Tensor has an odd number of values in {field}, which holds (real, imag) pairs")
+        n //= 2
     if n > count:
         raise invalid_argument(f"Tensor has {n} values in {field} but its shape {list(shape)} holds {count}")
+    if count == 0:
+        return _empty(shape, dtype)
+    # The whole array the shape claims, before it exists: one value with a shape of 2**29 is 2 GiB.
+    budget.take(count * dtype.itemsize, what)
     if n == 0:
         return np.full(shape, b"", dtype=object) if tf_dtype == DT_STRING else np.zeros(shape, dtype=dtype)
+    values = _typed_values(values, tf_dtype, dtype, field, budget, what)
+    if n == count:
+        return values.reshape(shape)
     array = np.empty(count, dtype=dtype)
     array[:n] = values
     array[n:] = values[-1]
     return array.reshape(shape)
 
 
-def _typed_values(proto: Any, tf_dtype: int, dtype: np.dtype, field: str) -> np.ndarray:
-    values = getattr(proto, field)
+def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A tensor with no elements; numpy refuses some such shapes (0 x 2**62 x 2**62) as too big."""
+    try:
+        return np.zeros(shape, dtype=dtype)
+    except ValueError:
+        raise invalid_argument(f"Tensor shape {list(shape)} is too large") from None
+
+
+# The type each typed field's values have on the wire (half_val holds the 16 bits of each value in an int32).
+_FIELD_TYPES = {
+    "float_val": np.float32, "double_val": np.float64, "scomplex_val": np.float32, "dcomplex_val": np.float64,
+    "int_val": np.int32, "int64_val": np.int64, "bool_val": np.bool_, "half_val": np.int32,
+    "uint32_val": np.uint32, "uint64_val": np.uint64,
+}
+_FIXED_WIDTH_FIELDS = frozenset(("float_val", "double_val", "scomplex_val", "dcomplex_val"))
+# From this many values on, a float or double field is read from its packed wire bytes: np.fromiter takes
+# one Python number per value (~80 ns: 4M floats in 315 ms, all of it on the event loop), the wire bytes
+# 3 ns a value (12 ms). Varint fields have no such shortcut (decoding varints with numpy costs more than
+# fromiter); they, and strings, are copied a slice at a time, so that a thread doing it lets the event
+# loop run between slices.
+_WIRE_READ_MIN_VALUES = 512
+_FIELD_STEP = 1 << 16
+
+
+def _typed_values(values: Any, tf_dtype: int, dtype: np.dtype, field: str, budget: DecodeBudget,
+                  what: str) -> np.ndarray:
     if tf_dtype == DT_STRING:
         array = np.empty(len(values), dtype=object)
-        array[:] = list(values)
+        payload = 0
+        for start in range(0, len(values), _FIELD_STEP):
+            chunk = values[start:start + _FIELD_STEP]
+            payload += sum(map(len, chunk))
+            array[start:start + len(chunk)] = chunk
+        budget.take(payload, what)  # already in memory once (the message); counted for the limit's sake
         return array
-    if tf_dtype == DT_HALF:  # half_val holds the raw 16 bits of each value in an int32
-        return np.fromiter(values, dtype=np.int32, count=len(values)).astype(np.uint16).view(np.float16)
-    if tf_dtype in (DT_COMPLEX64, DT_COMPLEX128):  # (real, imaginary) pairs
-        parts = np.fromiter(values, dtype=np.float32 if tf_dtype == DT_COMPLEX64 else np.float64, count=len(values))
-        if len(parts) % 2:
-            raise invalid_argument(f"Tensor has an odd number of values in {field}, which holds (real, imag) pairs")
-        return parts.view(dtype)
+    raw = _field_array(values, field)
+    if tf_dtype == DT_HALF:
+        return raw.astype(np.uint16).view(np.float16)
+    if tf_dtype in (DT_COMPLEX64, DT_COMPLEX128):
+        return np.ascontiguousarray(raw).view(dtype)
     if dtype.kind in "iu" and field == "int_val" and dtype.itemsize < 4:
-        wide = np.fromiter(values, dtype=np.int32, count=len(values))
         info = np.iinfo(dtype)
-        if wide.size and (wide.min() < info.min or wide.max() > info.max):
-            bad = int(wide.min()) if wide.min() < info.min else int(wide.max())
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            bad = int(raw.min()) if raw.min() < info.min else int(raw.max())
             raise invalid_argument(f"Tensor of {_dtype_name(tf_dtype)} has the value {bad} in int_val, which is out "
                                    f"of range [{info.min}, {info.max}]")
-        return wide.astype(dtype)
-    return np.fromiter(values, dtype=dtype, count=len(values))
+    return raw.astype(dtype, copy=False)
+
+
+def _field_array(values: Any, field: str) -> np.ndarray:
+    """A repeated numeric field of a TensorProto as an array of its wire type."""
+    kind = np.dtype(_FIELD_TYPES[field])
+    count = len(values)
+    if field in _FIXED_WIDTH_FIELDS and count >= _WIRE_READ_MIN_VALUES:
+        payload = _packed_payload(values, field)
+        if payload is not None:
+            return np.frombuffer(payload, dtype=kind.newbyteorder("<")).astype(kind, copy=False)
+    if count <= _FIELD_STEP:
+        return np.fromiter(values, dtype=kind, count=count)
+    array = np.empty(count, dtype=kind)
+    for start in range(0, count, _FIELD_STEP):
+        chunk = values[start:start + _FIELD_STEP]
+        array[start:start + len(chunk)] = np.fromiter(chunk, dtype=kind, count=len(chunk))
+    return array
+
+
+def _packed_payload(values: Any, field: str) -> memoryview | None:
+    """The packed wire bytes of a repeated field, copied into a message of its own and serialized."""
+    from tensorflow.core.framework import tensor_pb2
+
+    holder = tensor_pb2.TensorProto()
+    getattr(holder, field).MergeFrom(values)
+    data = holder.SerializeToString()
+    key, position = _read_varint(data, 0)
+    if key & 7 != 2:
+        return None
+    length, position = _read_varint(data, position)
+    if position + length != len(data):  # more than one record: not the packed form assumed here
+        return None
+    return memoryview(data)[position:]
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
 
 
 def _tf_dtype_of(array: np.ndarray) -> int:
@@ -1035,17 +1468,22 @@ def numpy_to_tensor_proto(array: np.ndarray, tf_dtype: int | None = None, *, ten
     return proto
 
 
-def decode_tensor_protos(protos: Mapping[str, Any], signature: SignatureSpec) -> dict[str, np.ndarray]:
+def decode_tensor_protos(protos: Mapping[str, Any], signature: SignatureSpec, budget: DecodeBudget | None = None,
+                         converted: Mapping[str, np.ndarray | ServingError] | None = None) -> dict[str, np.ndarray]:
     """A gRPC PredictRequest's inputs as arrays keyed by alias, checked against the signature.
 
     The dtype must match exactly (TF Serving rejects a mismatch rather than
     casting), so a client's mistake is reported by name instead of by TensorFlow.
+    ``converted`` holds what :func:`convert_tensor_protos` made of the same
+    protos beforehand (on another thread), used instead of converting again.
     """
     specs = signature.inputs
     for key in protos:
         if key not in specs:
             raise invalid_argument(f"input tensor alias not found in signature: {key}. Inputs expected to be in the "
                                    f"set {_aliases(specs)}.")
+    if budget is None:
+        budget = DecodeBudget(wire_bytes=lambda: sum(proto.ByteSize() for proto in protos.values()))
     inputs = {}
     for key, spec in specs.items():
         if key not in protos:
@@ -1055,8 +1493,281 @@ def decode_tensor_protos(protos: Mapping[str, Any], signature: SignatureSpec) ->
         if int(proto.dtype) != spec.tf_dtype:
             raise invalid_argument(f"Input {key!r} expects {spec.dtype_name} but the request's tensor is "
                                    f"{_dtype_name(int(proto.dtype))}")
+        value = converted.get(key) if converted is not None else None
+        if value is None:
+            value = _convert_input(key, proto, budget)
+        if isinstance(value, ServingError):
+            raise value
+        inputs[key] = value
+    return inputs
+
+
+def _convert_input(key: str, proto: Any, budget: DecodeBudget) -> np.ndarray | ServingError:
+    try:
+        return _tensor_proto_to_numpy(proto, budget, f"Input {key!r}")
+    except ServingError as error:
+        if error.message.startswith(f"Input {key!r}"):
+            return error
+        return ServingError(error.code, f"Input {key!r}: {error.message}")
+    except MemoryError:
+        return _out_of_memory(f"Input {key!r}")
+
+
+def convert_tensor_protos(protos: Mapping[str, Any], budget: DecodeBudget) -> dict[str, np.ndarray | ServingError]:
+    """Every TensorProto of a request as an array, or the error its conversion met, whatever the signature.
+
+    Conversion needs no signature, so a large request's runs on a worker thread, in steps that let the
+    event loop run (strings are copied a slice at a time), before the engine resolves the signature
+    and :func:`decode_tensor_protos` checks names and dtypes on the loop.
+    """
+    return {key: _convert_input(key, proto, budget) for key, proto in protos.items()}
+
+
+# Bytes per value in each typed field, at least as many as the wire holds (a string: its tag and length).
+_HINT_BYTES = {"float_val": 4, "double_val": 8, "scomplex_val": 4, "dcomplex_val": 8, "int_val": 1, "int64_val": 1,
+               "bool_val": 1, "half_val": 1, "uint32_val": 1, "uint64_val": 1, "string_val": 2}
+
+
+def tensor_protos_size_hint(protos: Mapping[str, Any]) -> int:
+    """About how many bytes the request's tensors take on the wire (no serialization: field lengths only)."""
+    total = 0
+    for proto in protos.values():
+        total += len(proto.tensor_content)
+        field = _TYPED_FIELDS.get(int(proto.dtype))
+        if field is not None:
+            total += len(getattr(proto, field)) * _HINT_BYTES[field]
+    return total
+
+
+# -- large REST bodies, decoded in worker processes ------------------------------------------------
+
+# From this size on, a :predict body is parsed and decoded in a worker process. Parsing JSON is C code
+# that holds the GIL from start to end (orjson: about 1.3 s for 40 MB here, simdjson 0.8 s), so a thread
+# would not let the event loop run: /healthz, the management API and every other request would wait.
+# Below it, the worst body costs the loop a few tens of milliseconds.
+WORKER_MIN_BYTES = 256 * 1024
+_WORKER_STEP = 1 << 14
+_PIPE_STEP = 1 << 20
+_FRAME = struct.Struct("<QQ")
+
+
+def request_signature_name(request: Mapping[str, Any]) -> str:
+    """The body's "signature_name" ("" when absent), which must be a string."""
+    name = request.get("signature_name", "")
+    if not isinstance(name, str):
+        raise invalid_argument("'signature_name' attribute must be a string")
+    return name
+
+
+@dataclass
+class DecodedBody:
+    """What a worker made of a :predict body: the inputs for the signature it names, or why not.
+
+    ``error`` is a decoding error, which the engine reports (and counts) as the answer; errors in the
+    body as a whole (bad JSON, a signature name that is not a string) are raised by
+    :meth:`DecodeWorkers.decode` instead, as the inline path raises them before calling the engine.
+    ``signature`` is None when the servable has no signature of that name (the engine says so).
+    """
+
+    signature_name: str
+    signature: SignatureSpec | None = None
+    inputs: dict[str, Any] | None = None
+    row_format: bool = False
+    error: ServingError | None = None
+
+
+class _PackedStrings:
+    """An object array of bytes as one blob and its lengths: unpickling millions of bytes objects would hold
+    the GIL for seconds in one call, so the engine rebuilds them a slice at a time (:func:`_unpack_inputs`)."""
+
+    __slots__ = ("blob", "lengths", "shape")
+
+    def __init__(self, array: np.ndarray) -> None:
+        flat = array.reshape(-1).tolist()
+        self.blob = b"".join(flat)
+        self.lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
+        self.shape = array.shape
+
+    def __reduce__(self) -> tuple:
+        return (_packed_strings, (pickle.PickleBuffer(self.blob), self.lengths, self.shape))
+
+
+def _packed_strings(blob: Any, lengths: np.ndarray, shape: tuple[int, ...]) -> _PackedStrings:
+    packed = _PackedStrings.__new__(_PackedStrings)
+    packed.blob, packed.lengths, packed.shape = blob, lengths, shape
+    return packed
+
+
+def decode_body(body: bytes, signatures: Mapping[str, SignatureSpec], limits: DecodeLimits) -> DecodedBody:
+    """Parse and decode a :predict body for the signature it names, as the inline path would (worker side)."""
+    request = parse_predict_body(body)
+    name = request_signature_name(request)
+    signature = signatures.get(name or DEFAULT_SIGNATURE)
+    decoded = DecodedBody(name, signature)
+    if signature is None:
+        return decoded
+    try:
+        decoded.inputs, decoded.row_format = decode_predict_request(request, signature,
+                                                                    DecodeBudget(limits, len(body), body))
+    except ServingError as error:
+        decoded.error = error
+    return decoded
+
+
+def decode_worker_main() -> None:
+    """A decoding worker's loop: a body and its servable's signatures in, a :class:`DecodedBody` out.
+
+    Frames on stdin and stdout are (length of a pickle, number or length of raw buffers) and then
+    the bytes; arrays travel as pickle protocol 5's out-of-band buffers, copied once. The worker
+    volunteers first for the OOM killer, so that a body that outgrows memory ends the worker, which
+    the engine replaces, and not the engine.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the engine's terminal is the engine's to handle
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        header = source.read(_FRAME.size)
+        if len(header) < _FRAME.size:
+            return  # the engine is gone
+        meta_size, body_size = _FRAME.unpack(header)
+        signatures, limits = pickle.loads(source.read(meta_size))
+        body = source.read(body_size)
         try:
-            inputs[key] = tensor_proto_to_numpy(proto)
+            result: Any = decode_body(body, signatures, limits)
+            if result.inputs is not None:
+                result.inputs = {key: _PackedStrings(array) if array.dtype == object else np.ascontiguousarray(array)
+                                 for key, array in result.inputs.items()}
         except ServingError as error:
-            raise ServingError(error.code, f"Input {key!r}: {error.message}") from None
+            result = error
+        except MemoryError:
+            result = _out_of_memory("The :predict request")
+        del body
+        buffers: list[pickle.PickleBuffer] = []
+        meta = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
+        raws = [buffer.raw() for buffer in buffers]
+        sink.write(_FRAME.pack(len(meta), len(raws)))
+        sink.write(meta)
+        for raw in raws:
+            sink.write(struct.pack("<Q", raw.nbytes))
+            sink.write(raw)
+        sink.flush()
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def decode(self, body: bytes, signatures: Mapping[str, SignatureSpec], limits: DecodeLimits) -> Any:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        meta = pickle.dumps((dict(signatures), limits), protocol=5)
+        stdin.write(_FRAME.pack(len(meta), len(body)))
+        stdin.write(meta)
+        view = memoryview(body)
+        for start in range(0, len(view), _PIPE_STEP):  # the transport copies what it cannot write at once
+            stdin.write(view[start:start + _PIPE_STEP])
+            await stdin.drain()
+        await stdin.drain()
+        meta_size, count = _FRAME.unpack(await stdout.readexactly(_FRAME.size))
+        meta = await stdout.readexactly(meta_size)
+        buffers = []
+        for _ in range(count):
+            (size,) = struct.unpack("<Q", await stdout.readexactly(8))
+            buffers.append(await stdout.readexactly(size))
+        return pickle.loads(meta, buffers=buffers)
+
+    def kill(self) -> None:
+        """Kill the process, and collect it on the loop, so that its pipes close while the loop runs."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        collect = asyncio.get_running_loop().create_task(self.process.wait())
+        _collecting.add(collect)
+        collect.add_done_callback(_collecting.discard)
+
+
+_collecting: set[asyncio.Task] = set()
+
+
+class DecodeWorkers:
+    """Worker processes that parse and decode large :predict bodies off the engine's event loop.
+
+    Started on first use, at most ``max_workers`` at once (a body waits for a free one); a worker
+    that dies (out of memory) or whose request is cancelled (timeout) is killed and replaced by a
+    fresh one at the next large body. Workers get the engine's environment without ``drop_env``
+    (the engine secret) and exit when the engine does (their stdin closes).
+    """
+
+    def __init__(self, limits: DecodeLimits | None = None, max_workers: int = 2,
+                 drop_env: Sequence[str] = ()) -> None:
+        self.limits = limits or DecodeLimits()
+        self.max_workers = max(1, max_workers)
+        self._drop_env = tuple(drop_env)
+        self._idle: list[_Worker] = []
+        self._slots: asyncio.Semaphore | None = None
+        self.started = 0
+
+    async def decode(self, body: bytes, signatures: Mapping[str, SignatureSpec]) -> DecodedBody:
+        """The body decoded for the signature it names among ``signatures`` (ServingError for a bad body)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_workers)
+        async with self._slots:
+            worker = self._idle.pop() if self._idle else await self._start()
+            try:
+                result = await worker.decode(body, signatures, self.limits)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                worker.kill()
+                code = await worker.process.wait()
+                log.warning("a decoding worker exited with %s on a body of %d bytes", code, len(body))
+                raise resource_exhausted(f"The :predict request: the process decoding it stopped (exit status "
+                                         f"{code}), most likely out of memory") from None
+            except BaseException:
+                worker.kill()
+                raise
+            self._idle.append(worker)
+        if isinstance(result, ServingError):
+            raise result
+        if result.inputs is not None:
+            result.inputs = await _unpack_inputs(result.inputs)
+        return result
+
+    async def _start(self) -> _Worker:
+        env = {key: value for key, value in os.environ.items() if key not in self._drop_env}
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "from jupyter_tfserve.engine.tensors import decode_worker_main; "
+                                  "decode_worker_main()",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, limit=1 << 20,
+        )
+        self.started += 1
+        log.info("started decoding worker %d (pid %d) for large request bodies", self.started, process.pid)
+        return _Worker(process)
+
+    async def aclose(self) -> None:
+        """Stop the idle workers and wait for them (busy ones are killed as their requests end)."""
+        while self._idle:
+            worker = self._idle.pop()
+            worker.kill()
+            await worker.process.wait()
+
+
+async def _unpack_inputs(inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Arrays from a worker, strings rebuilt a slice at a time so that the event loop runs in between."""
+    for key, value in inputs.items():
+        if not isinstance(value, _PackedStrings):
+            continue
+        count = len(value.lengths)
+        blob = value.blob if isinstance(value.blob, bytes) else bytes(value.blob)
+        array = np.empty(count, dtype=object)
+        start = 0
+        for first in range(0, count, _WORKER_STEP):
+            last = min(first + _WORKER_STEP, count)
+            pieces = []
+            for end in (np.cumsum(value.lengths[first:last]) + start).tolist():
+                pieces.append(blob[start:end])
+                start = end
+            array[first:last] = pieces
+            await asyncio.sleep(0)
+        inputs[key] = array.reshape(value.shape)
     return inputs

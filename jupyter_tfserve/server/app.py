@@ -24,6 +24,7 @@ from ..engine.engine import Engine, EngineOptions
 from ..engine.loader import default_session_options
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
 from ..engine.source import set_version_trust
+from ..engine.tensors import DecodeLimits
 from ..launcher import MANAGEMENT_HOST, EnginePorts
 from ..wire import ENGINE_SECRET_ENV
 from .auth import Authenticator
@@ -165,6 +166,9 @@ class EngineServer:
             raise ServeError(str(error)) from None
         self.engine = Engine(engine_options(args))
         self.metrics_path = metrics_path(args)
+        self.decode_limits = DecodeLimits(max_bytes=args.max_decoded_request_bytes,
+                                          floor_bytes=min(args.decoded_request_floor_bytes,
+                                                          args.max_decoded_request_bytes))
         self._picked = picked_ports(args)
         secret = self._secret = read_engine_secret(args)
         if (args.management_port or "management" in self._picked) and not secret:
@@ -179,6 +183,7 @@ class EngineServer:
         )
         set_version_trust(self.control.paths.version_trust())
         self._http: tornado.httpserver.HTTPServer | None = None
+        self._decoders = None  # the REST app's decoding workers, stopped with it
         self._management: tornado.httpserver.HTTPServer | None = None
         self._grpc = None
         self._tasks: list[asyncio.Task] = []
@@ -189,8 +194,10 @@ class EngineServer:
         bound = {"rest_port": 0, "grpc_port": 0, "management_port": 0}
         if args.rest_api_port or "rest" in self._picked:
             app = make_app(self.engine, metrics_path=self.metrics_path, timeout_ms=args.rest_api_timeout_in_ms,
-                           max_body_bytes=args.max_request_body_bytes, auth=self.auth)
+                           max_body_bytes=args.max_request_body_bytes, auth=self.auth,
+                           decode_limits=self.decode_limits, decode_workers=args.decode_workers)
             add_identity_route(app, self._secret)
+            self._decoders = app.settings.get("decoders")
             self._http = tornado.httpserver.HTTPServer(
                 app, max_body_size=args.max_request_body_bytes + 1, xheaders=False, idle_connection_timeout=300
             )
@@ -208,6 +215,7 @@ class EngineServer:
                 response_tensor_content=bool(args.grpc_response_tensor_content
                                              or args.enable_serialization_as_tensor_content),
                 enable_profiler=bool(args.enable_profiler), paths=self.control.paths,
+                decode_limits=self.decode_limits,
             )
             listening = []
             for address in grpc_addresses:
@@ -275,6 +283,8 @@ class EngineServer:
             self._management.stop()
         if self._http is not None:
             self._http.stop()
+            if self._decoders is not None:
+                await self._decoders.aclose()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
         await self.engine.stop()

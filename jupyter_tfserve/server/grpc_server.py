@@ -2,10 +2,19 @@
 
 The servicers translate protos to the engine's request path and back; canonical
 codes from the engine become gRPC status codes unchanged.
+
+What gRPC lets us do before a message is read, and what not: grpc.aio receives a unary call's
+whole message (up to the receive limit, TF Serving's 2 GiB - 1) and parses it on the event loop
+before the method runs. An interceptor (:class:`RefuseBeforeReading`) sees the method and the
+metadata first: a call whose credentials fail is refused there, by a handler that never asks for
+the message, so the server neither takes nor parses it. A caller who may call the method gets its
+message parsed as TF Serving would; its tensors are then converted within the request's
+:class:`~jupyter_tfserve.engine.tensors.DecodeLimits`, a large request's on a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Sequence
@@ -26,7 +35,7 @@ from tensorflow_serving.apis import (
 from ..engine import tensors
 from ..engine.config import ConfigError, validate_model_server_config
 from ..engine.engine import Engine, Target, serialized_examples
-from ..engine.errors import ServingError, invalid_argument
+from ..engine.errors import ServingError, invalid_argument, redact_paths
 from ..engine.manager import State
 from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER
 from .auth import Authenticator
@@ -79,8 +88,69 @@ def _authorize(auth: Authenticator | None, context, model: str | None, verb: str
     return metadata
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
-    await context.abort(getattr(grpc.StatusCode, error.code.name, grpc.StatusCode.UNKNOWN), error.message)
+def _for_caller(auth: Authenticator | None, context, message: str) -> str:
+    """A message as the caller may read it: a share token's bearer does not see the engine's file paths."""
+    if auth is None or not message:
+        return message
+    metadata = _metadata(context)
+    try:
+        owner = auth.authenticate(metadata.get(_SECRET_KEY), metadata.get("authorization")).owner
+    except ServingError:
+        owner = False
+    return message if owner else redact_paths(message)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServingError, auth: Authenticator | None = None) -> None:
+    await context.abort(getattr(grpc.StatusCode, error.code.name, grpc.StatusCode.UNKNOWN),
+                        _for_caller(auth, context, error.message))
+
+
+# The verb each method needs of a share token; methods absent here are the owner's alone.
+_METHOD_VERBS = {
+    "/tensorflow.serving.PredictionService/Predict": "predict",
+    "/tensorflow.serving.PredictionService/Classify": "classify",
+    "/tensorflow.serving.PredictionService/Regress": "regress",
+    "/tensorflow.serving.PredictionService/GetModelMetadata": "metadata",
+    "/tensorflow.serving.ModelService/GetModelStatus": "status",
+    "/tensorflow.serving.PredictionService/MultiInference": None,  # classify or regress, per task
+}
+
+
+class RefuseBeforeReading(grpc.aio.ServerInterceptor):
+    """Refuses a call whose credentials fail from its metadata, before its message is read.
+
+    Without it, an unauthenticated caller's message (up to 2 GiB) was received and parsed on the
+    event loop before the method found the credentials wanting. The method still checks the model
+    the message names; here only what the metadata settles is checked: the credentials themselves,
+    an owner-only method, and a share token's verbs.
+    """
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    async def intercept_service(self, continuation, details):
+        metadata = {key: value for key, value in (details.invocation_metadata or ()) if isinstance(value, str)}
+        try:
+            access = self.auth.authenticate(metadata.get(_SECRET_KEY), metadata.get("authorization"))
+            if not access.owner:
+                method = details.method
+                if method not in _METHOD_VERBS:
+                    access.require(None, None)
+                verb = _METHOD_VERBS[method]
+                if verb is not None:
+                    access.require(access.model, verb)
+                elif not {"classify", "regress"} & set(access.verbs):
+                    access.require(access.model, "classify")
+        except ServingError as error:
+            return grpc.stream_unary_rpc_method_handler(_refusal(error))
+        return await continuation(details)
+
+
+def _refusal(error: ServingError):
+    async def refuse(request_iterator, context) -> None:  # never iterated: the message is not read
+        await _abort(context, error)
+
+    return refuse
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -92,18 +162,27 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     cheaper for large outputs but readable only by clients that decode with ``tf.make_ndarray``.
     """
 
-    def __init__(self, engine: Engine, auth: Authenticator | None = None, tensor_content: bool = False) -> None:
+    def __init__(self, engine: Engine, auth: Authenticator | None = None, tensor_content: bool = False,
+                 decode_limits: tensors.DecodeLimits | None = None) -> None:
         self.engine = engine
         self.auth = auth
         self.tensor_content = tensor_content
+        self.decode_limits = decode_limits or tensors.DecodeLimits()
 
     async def Predict(self, request, context):
         try:
             target = target_from_spec(request.model_spec)
             metadata = _authorize(self.auth, context, target.name, "predict")
+            limits = self.decode_limits
+            converted = None
+            if tensors.tensor_protos_size_hint(request.inputs) >= tensors.WORKER_MIN_BYTES:
+                # Off the event loop, in steps that let it run (strings a slice at a time).
+                converted = await asyncio.to_thread(tensors.convert_tensor_protos, request.inputs,
+                                                    tensors.DecodeBudget(limits, request.ByteSize))
             answer = await self.engine.predict(
                 target,
-                lambda signature: tensors.decode_tensor_protos(request.inputs, signature),
+                lambda signature: tensors.decode_tensor_protos(
+                    request.inputs, signature, tensors.DecodeBudget(limits, request.ByteSize), converted),
                 output_filter=list(request.output_filter),
                 entrypoint="GRPC",
                 route_key=metadata.get(_ROUTE_KEY),
@@ -113,7 +192,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             for alias, array in answer.outputs.items():
                 tensors.numpy_to_tensor_proto(array, tensor_content=self.tensor_content, out=response.outputs[alias])
         except ServingError as error:
-            await _abort(context, error)
+            await _abort(context, error, self.auth)
         return response
 
     async def Classify(self, request, context):
@@ -123,7 +202,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             answer = await self.engine.classify(target, serialized_examples(request.input), entrypoint="GRPC",
                                              route_key=metadata.get(_ROUTE_KEY))
         except ServingError as error:
-            await _abort(context, error)
+            await _abort(context, error, self.auth)
         response = classification_pb2.ClassificationResponse()
         _fill_spec(response.model_spec, answer.name, answer.version, answer.signature_name)
         _fill_classifications(response.result, answer.results)
@@ -136,7 +215,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             answer = await self.engine.regress(target, serialized_examples(request.input), entrypoint="GRPC",
                                              route_key=metadata.get(_ROUTE_KEY))
         except ServingError as error:
-            await _abort(context, error)
+            await _abort(context, error, self.auth)
         response = regression_pb2.RegressionResponse()
         _fill_spec(response.model_spec, answer.name, answer.version, answer.signature_name)
         _fill_regressions(response.result, answer.results)
@@ -173,7 +252,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
                 _fill_spec(result.model_spec, answer.name, answer.version, answer.signature_name)
         except ServingError as error:
-            await _abort(context, error)
+            await _abort(context, error, self.auth)
         return response
 
     async def GetModelMetadata(self, request, context):
@@ -184,7 +263,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise invalid_argument("Metadata field signature_def must be requested; nothing else is available")
             version, signature_map = self.engine.metadata(target, entrypoint="GRPC")
         except ServingError as error:
-            await _abort(context, error)
+            await _abort(context, error, self.auth)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         _fill_spec(response.model_spec, target.name, version)
         response.metadata["signature_def"].Pack(signature_map)
@@ -203,14 +282,14 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             _authorize(self.auth, context, target.name, "status")
             statuses = self.engine.status(target)
         except ServingError as error:
-            await _abort(context, error)
+            await _abort(context, error, self.auth)
         response = get_model_status_pb2.GetModelStatusResponse()
         for status in statuses:
             entry = response.model_version_status.add()
             entry.version = status.version
             entry.state = _STATE_NUMBERS[status.state]
             entry.status.error_code = status.error_code.value
-            entry.status.error_message = status.error_message
+            entry.status.error_message = _for_caller(self.auth, context, status.error_message)
         return response
 
     async def HandleReloadConfigRequest(self, request, context):
@@ -313,11 +392,13 @@ def server_options(channel_arguments: Sequence[ChannelArgument] = ()) -> list[Ch
 def make_grpc_server(engine: Engine, auth: Authenticator | None = None, *,
                      channel_arguments: Sequence[ChannelArgument] = (),
                      response_tensor_content: bool = False, enable_profiler: bool = False,
-                     paths: PathPolicy | None = None) -> grpc.aio.Server:
-    server = grpc.aio.server(options=server_options(channel_arguments))
+                     paths: PathPolicy | None = None,
+                     decode_limits: tensors.DecodeLimits | None = None) -> grpc.aio.Server:
+    interceptors = [RefuseBeforeReading(auth)] if auth is not None else []
+    server = grpc.aio.server(options=server_options(channel_arguments), interceptors=interceptors)
     if enable_profiler:
         server.add_generic_rpc_handlers([ProfilerService(auth)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(engine, auth, tensor_content=response_tensor_content), server)
+        PredictionService(engine, auth, tensor_content=response_tensor_content, decode_limits=decode_limits), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine, auth, paths), server)
     return server

@@ -3,6 +3,13 @@
 Handlers are thin: they parse the URL and body, call the engine, and write the
 answer. Errors are written as ``{"error": "..."}`` with the HTTP status TF
 Serving uses for the canonical code.
+
+Every handler streams its body (``stream_request_body``) and settles who is calling in
+``prepare``, from the headers and the path alone: a caller who may not make the request is
+answered before its body is read, and only an admitted :predict, :classify or :regress
+keeps a body (up to ``--max_request_body_bytes``). A large :predict body is parsed and
+decoded in a worker process (:class:`~jupyter_tfserve.engine.tensors.DecodeWorkers`),
+so that seconds of JSON parsing never stop the event loop.
 """
 
 from __future__ import annotations
@@ -15,26 +22,36 @@ import tornado.web
 from google.protobuf import json_format
 
 from ..engine import tensors
-from ..engine.engine import Answer, Engine, Target
-from ..engine.errors import Code, ServingError, invalid_argument
+from ..engine.engine import LOAD_WAIT_SECONDS, Answer, Engine, Target
+from ..engine.errors import Code, ServingError, invalid_argument, not_found, redact_paths
 from ..engine.manager import status_to_json
-from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
+from ..wire import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
 from .auth import Access, Authenticator
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_DISCARDED_BODY_BYTES = 1024 * 1024 * 1024
+# A request refused before its body (401, 403, 404, a malformed path) whose body is at most this large
+# is answered once the body is in, read and dropped, so that a client still sending it sees the answer.
+# A larger (or chunked) body is not read: the answer goes out at once and the connection is closed,
+# which a client in mid-upload may see as a reset connection.
+REFUSED_BODY_DRAIN_BYTES = 64 * 1024
 
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$"
 )
+# TF Serving reads the version with absl::SimpleAtoi into an int64: ASCII digits only (superscript two is a
+# digit to str.isdigit, and int() refuses it: before, a 500 answered before the caller was authenticated).
+_VERSION = re.compile(r"[0-9]{1,19}")
+_INT64_MAX = (1 << 63) - 1
 
 
+@tornado.web.stream_request_body
 class _Base(tornado.web.RequestHandler):
-    """Shared error writing: TF Serving's JSON error body and status mapping."""
+    """Shared error writing (TF Serving's JSON error body and status mapping) and the body policy."""
 
     engine: Engine
 
@@ -44,18 +61,75 @@ class _Base(tornado.web.RequestHandler):
         timeout_seconds: float | None = None,
         max_body_bytes: int = 0,
         auth: Authenticator | None = None,
+        decode_limits: tensors.DecodeLimits | None = None,
+        decoders: tensors.DecodeWorkers | None = None,
     ) -> None:
         self.engine = engine
         self.timeout_seconds = timeout_seconds
         self.max_body_bytes = max_body_bytes
         self.auth = auth
+        self.decode_limits = decode_limits or tensors.DecodeLimits()
+        self.decoders = decoders
+        self._caller: Access | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._keep_body = False
+        self._too_large = False
+
+    # -- who calls, before any body ---------------------------------------------------------------
+
+    def admit(self) -> None:
+        """Raise the ServingError that answers the request, when the headers and path settle it."""
+
+    def prepare(self) -> None:
+        try:
+            self.admit()
+        except ServingError as error:
+            self._refuse(error.code.http_status, error.message)
+            return
+        length = self.request.headers.get("Content-Length", "0")
+        if not (self._keep_body or self._too_large) and length.isdigit() and int(length) > self.max_body_bytes:
+            # A body this request does not take, larger than tornado would read: answered here, in our
+            # format, rather than by tornado's bare "400 Bad Request".
+            self._refuse(413, f"Request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes")
+
+    def _refuse(self, status: int, message: str) -> None:
+        headers = self.request.headers
+        length = headers.get("Content-Length", "0")
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        if chunked or (length.isdigit() and int(length) > REFUSED_BODY_DRAIN_BYTES):
+            # Tornado reads no more of the body and closes the connection once this is written; saying
+            # so keeps a client from sending its next request on it.
+            self.set_header("Connection", "close")
+            self.write_error_json(status, self.for_caller(message))
+            return
+        # Answered once the (small or absent) body is in, which keeps the connection alive: tornado
+        # calls the method named after the request's verb when the body ends, and this instance's
+        # attribute stands in for the class's method.
+        setattr(self, self.request.method.lower(),
+                lambda *args: self.write_error_json(status, self.for_caller(message)))
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self._keep_body:
+            return  # a body this request does not take is dropped as it arrives
+        self._size += len(chunk)
+        if self._size > self.max_body_bytes:
+            self._too_large = True
+            self._keep_body = False
+            self._chunks = []
+            return
+        self._chunks.append(chunk)
 
     def access(self) -> Access:
         """The caller's rights; raises UNAUTHENTICATED or PERMISSION_DENIED (as a ServingError)."""
+        if self._caller is not None:
+            return self._caller
         if self.auth is None:
-            return Access(owner=True)
-        headers = self.request.headers
-        return self.auth.authenticate(headers.get(ENGINE_SECRET_HEADER), headers.get("Authorization"))
+            self._caller = Access(owner=True)
+        else:
+            headers = self.request.headers
+            self._caller = self.auth.authenticate(headers.get(ENGINE_SECRET_HEADER), headers.get("Authorization"))
+        return self._caller
 
     def require_owner(self) -> bool:
         """For endpoints that are not one model's: answers 401/403 and returns False unless the owner calls."""
@@ -65,6 +139,8 @@ class _Base(tornado.web.RequestHandler):
         except ServingError as error:
             self.write_serving_error(error)
             return False
+
+    # -- answers ----------------------------------------------------------------------------------
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -80,7 +156,12 @@ class _Base(tornado.web.RequestHandler):
         self.finish(tensors.encode_json({"error": message}))
 
     def write_serving_error(self, error: ServingError) -> None:
-        self.write_error_json(error.code.http_status, error.message)
+        self.write_error_json(error.code.http_status, self.for_caller(error.message))
+
+    def for_caller(self, message: str) -> str:
+        """A message as the caller may read it: a share token's bearer does not see the engine's file paths."""
+        caller = self._caller
+        return message if caller is None or caller.owner else redact_paths(message)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         """Unexpected failures still answer in TF Serving's format, never tornado's HTML page."""
@@ -88,6 +169,7 @@ class _Base(tornado.web.RequestHandler):
         exc_info = kwargs.get("exc_info")
         if exc_info and isinstance(exc_info[1], tornado.web.HTTPError) and exc_info[1].log_message:
             reason = exc_info[1].log_message
+        self.set_header("Content-Type", "application/json")
         self.finish(tensors.encode_json({"error": reason}))
 
     def malformed(self) -> ServingError:
@@ -98,7 +180,7 @@ class _Base(tornado.web.RequestHandler):
         if match is None:
             raise self.malformed()
         version = match.group("version")
-        if version is not None and not version.isdigit():
+        if version is not None and (not _VERSION.fullmatch(version) or int(version) > _INT64_MAX):
             raise self.malformed()
         target = Target(
             name=match.group("name"),
@@ -109,7 +191,14 @@ class _Base(tornado.web.RequestHandler):
         return target, match
 
 
-class ModelListHandler(_Base):
+class _OwnerOnly(_Base):
+    """Endpoints that are not one model's: the owner's alone, refused before any body."""
+
+    def admit(self) -> None:
+        self.access().require(None, None)
+
+
+class ModelListHandler(_OwnerOnly):
     """``GET /v1/models``: every model with its versions, states and labels (not in TF Serving)."""
 
     def get(self) -> None:
@@ -125,48 +214,49 @@ class ModelListHandler(_Base):
         self.write_json(tensors.encode_json({"models": models}))
 
 
-@tornado.web.stream_request_body
 class ModelHandler(_Base):
     """Status, metadata, predict, classify and regress under ``/v1/models/{name}...``."""
 
-    def prepare(self) -> None:
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._too_large = False
-        if self.request.method != "POST":
-            return
+    def admit(self) -> None:
+        access = self.access()
+        target, match = self.parse_target()
+        verb = match.group("verb")
+        if self.request.method == "POST":
+            if match.group("metadata") or verb not in ("predict", "classify", "regress"):
+                access.require(target.name, None)
+                raise self.malformed()
+            access.require(target.name, verb)
+            self._admit_body()
+        elif self.request.method == "GET":
+            access.require(target.name, "metadata" if match.group("metadata") else "status")
+            if verb is not None:
+                raise self.malformed()
+        self._target, self._verb, self._metadata = target, verb, bool(match.group("metadata"))
+
+    def _admit_body(self) -> None:
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            # Read and discard the body, then answer 413: closing mid-upload would make most
-            # clients report a reset connection instead of our error.
+            # An admitted caller's oversized body is read and dropped, then answered 413: closing
+            # mid-upload would make most clients report a reset connection instead of our error.
             self._too_large = True
             self._size = int(length)
             if self._size <= MAX_DISCARDED_BODY_BYTES:
                 self.request.connection.set_max_body_size(self._size + 1)
             return
+        self._keep_body = True
         self.request.connection.set_max_body_size(self.max_body_bytes + 1)
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._too_large:
-            return
-        self._size += len(chunk)
-        if self._size > self.max_body_bytes:
-            self._too_large = True
-            self._chunks = []
-            return
-        self._chunks.append(chunk)
 
     async def get(self) -> None:
         try:
-            target, match = self.parse_target()
-            self.access().require(target.name, "metadata" if match.group("metadata") else "status")
-            if match.group("verb") is not None:
-                raise self.malformed()
-            if match.group("metadata"):
+            target = self._target
+            if self._metadata:
                 self._write_metadata(target)
             else:
                 statuses = self.engine.status(target)
                 body = {"model_version_status": [status_to_json(status) for status in statuses]}
+                if not self.access().owner:
+                    for entry in body["model_version_status"]:
+                        entry["status"]["error_message"] = self.for_caller(entry["status"]["error_message"])
                 self.write_json(tensors.encode_json(body))
         except ServingError as error:
             self.write_serving_error(error)
@@ -187,36 +277,31 @@ class ModelHandler(_Base):
         body = b"".join(self._chunks)
         self._chunks = []
         try:
-            access = self.access()
             if self._too_large:
                 self.write_error_json(
                     413, f"Request body of {self._size} bytes exceeds the limit of {self.max_body_bytes} bytes"
                 )
                 return
-            target, match = self.parse_target()
-            verb = match.group("verb")
-            if match.group("metadata") or verb not in ("predict", "classify", "regress"):
-                access.require(target.name, None)
-                raise self.malformed()
-            access.require(target.name, verb)
-            request = tensors.parse_predict_body(body) if verb == "predict" else tensors.parse_json_body(body)
-            signature_name = request.get("signature_name", "")
-            if not isinstance(signature_name, str):
-                raise invalid_argument("'signature_name' attribute must be a string")
-            target = Target(target.name, target.version, target.label, signature_name)
-            answer = await self._with_timeout(self._call(verb, target, request))
+            verb, target = self._verb, self._target
+            if verb == "predict" and self.decoders is not None and len(body) >= tensors.WORKER_MIN_BYTES:
+                answer = await self._with_timeout(self._predict_elsewhere(target, body))
+            else:
+                request = tensors.parse_predict_body(body) if verb == "predict" else tensors.parse_json_body(body)
+                target = Target(target.name, target.version, target.label, tensors.request_signature_name(request))
+                answer = await self._with_timeout(self._call(verb, target, request, body))
             self.set_header(VERSION_HEADER, str(answer.version))
             self.write_json(self._encode(verb, answer))
         except ServingError as error:
             self.write_serving_error(error)
 
-    async def _call(self, verb: str, target: Target, request: dict) -> Answer:
+    async def _call(self, verb: str, target: Target, request: dict, body: bytes) -> Answer:
         route_key = self.request.headers.get(ROUTE_KEY_HEADER)
         if verb == "predict":
             row_format: list[bool] = []
 
             def decode(signature):
-                inputs, row = tensors.decode_predict_request(request, signature)
+                inputs, row = tensors.decode_predict_request(
+                    request, signature, tensors.DecodeBudget(self.decode_limits, len(body), body))
                 row_format.append(row)
                 return inputs
 
@@ -227,6 +312,44 @@ class ModelHandler(_Base):
         if verb == "classify":
             return await self.engine.classify(target, examples, entrypoint="REST", route_key=route_key)
         return await self.engine.regress(target, examples, entrypoint="REST", route_key=route_key)
+
+    async def _predict_elsewhere(self, target: Target, body: bytes) -> Answer:
+        """A large :predict body, parsed and decoded by a worker process for the version likely to answer.
+
+        The worker needs the signatures before the engine picks the version, so they are read from the
+        version a plain lookup gives (the latest, or the one named). When the engine's pick has other
+        inputs (a traffic split between versions that differ, a reload in between), it is decoded here.
+        """
+        manager = self.engine.manager
+        if manager.is_loading(target.name, target.version, target.label):
+            await manager.wait_for_load(target.name, target.version, target.label, LOAD_WAIT_SECONDS)
+        try:
+            with manager.acquire(target.name, target.version, target.label) as handle:
+                signatures = handle.servable.signatures
+        except ServingError:
+            signatures = {}  # the engine answers why; the worker still checks the body first, as inline
+        assert self.decoders is not None
+        decoded = await self.decoders.decode(body, signatures)
+        target = Target(target.name, target.version, target.label, decoded.signature_name)
+        row_format: list[bool] = []
+
+        def decode(signature):
+            if decoded.signature is not None and signature.inputs == decoded.signature.inputs:
+                if decoded.error is not None:
+                    raise decoded.error
+                row_format.append(decoded.row_format)
+                return decoded.inputs
+            log.info("model %s: decoding a %d-byte body on the event loop (the answering version's inputs "
+                     "differ from those it was decoded for)", target.name, len(body))
+            inputs, row = tensors.decode_predict_request(tensors.parse_predict_body(body), signature,
+                                                         tensors.DecodeBudget(self.decode_limits, len(body), body))
+            row_format.append(row)
+            return inputs
+
+        answer = await self.engine.predict(target, decode, entrypoint="REST",
+                                           route_key=self.request.headers.get(ROUTE_KEY_HEADER))
+        answer.row_format = row_format[0]
+        return answer
 
     @staticmethod
     def _encode(verb: str, answer: Answer) -> bytes:
@@ -249,7 +372,7 @@ class ModelHandler(_Base):
             ) from None
 
 
-class MalformedHandler(_Base):
+class MalformedHandler(_OwnerOnly):
     """Anything else under ``/v1/``: TF Serving answers these as malformed requests."""
 
     def _malformed(self) -> None:
@@ -266,7 +389,7 @@ class LiveHandler(_Base):
         self.write_json(tensors.encode_json({"status": "live"}))
 
 
-class ReadyHandler(_Base):
+class ReadyHandler(_OwnerOnly):
     """Readiness: every configured model has a version AVAILABLE (503 names those that do not)."""
 
     def get(self) -> None:
@@ -279,20 +402,18 @@ class ReadyHandler(_Base):
             self.write_json(tensors.encode_json({"status": "not ready", "models_not_available": waiting}), 503)
 
 
-class MetricsHandler(_Base):
-    def set_default_headers(self) -> None:
+class MetricsHandler(_OwnerOnly):
+    def get(self) -> None:
         from ..engine.metrics import CONTENT_TYPE
 
-        self.set_header("Content-Type", CONTENT_TYPE)
-
-    def get(self) -> None:
         if self.require_owner():
+            self.set_header("Content-Type", CONTENT_TYPE)  # errors stay JSON
             self.finish(self.engine.metrics.exposition())
 
 
 class NotFoundHandler(_Base):
-    def prepare(self) -> None:
-        self.write_error_json(404, f"Not found: {self.request.method} {self.request.path}")
+    def admit(self) -> None:
+        raise not_found(f"Not found: {self.request.method} {self.request.path}")
 
 
 def make_app(
@@ -302,9 +423,14 @@ def make_app(
     timeout_ms: int = 0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     auth: Authenticator | None = None,
+    decode_limits: tensors.DecodeLimits | None = None,
+    decode_workers: int = 2,
 ) -> tornado.web.Application:
+    """The REST application; ``decode_workers`` processes (0: none, decode inline) take large :predict bodies."""
+    limits = decode_limits or tensors.DecodeLimits()
+    decoders = tensors.DecodeWorkers(limits, decode_workers, drop_env=(ENGINE_SECRET_ENV,)) if decode_workers else None
     options = {"engine": engine, "timeout_seconds": timeout_ms / 1000 if timeout_ms else None,
-               "max_body_bytes": max_body_bytes, "auth": auth}
+               "max_body_bytes": max_body_bytes, "auth": auth, "decode_limits": limits, "decoders": decoders}
     routes: list = [
         (r"/v1/models/?", ModelListHandler, options),
         (r"/v1/models/[^/]+.*", ModelHandler, options),
@@ -315,5 +441,6 @@ def make_app(
     if metrics_path:
         routes.insert(0, (re.escape(metrics_path), MetricsHandler, options))
     return tornado.web.Application(
-        routes, default_handler_class=NotFoundHandler, default_handler_args=options, compress_response=False
+        routes, default_handler_class=NotFoundHandler, default_handler_args=options, compress_response=False,
+        decoders=decoders,
     )
