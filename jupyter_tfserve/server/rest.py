@@ -244,7 +244,10 @@ class ModelHandler(_Base):
                 self.request.connection.set_max_body_size(self._size + 1)
             return
         self._keep_body = True
-        self.request.connection.set_max_body_size(self.max_body_bytes + 1)
+        chunked = "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
+        # A chunked body's size shows as it arrives: past the limit data_received drops it (413 at the
+        # end), up to the most that is read for nothing; tornado itself would answer a bare 400.
+        self.request.connection.set_max_body_size(MAX_DISCARDED_BODY_BYTES if chunked else self.max_body_bytes + 1)
 
     async def get(self) -> None:
         try:

@@ -322,6 +322,16 @@ def test_an_admitted_body_over_the_limit_is_still_413(engine):
         sock.sendall(b"0" * (70000000 - 67 * len(chunk)))
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    chunked = ("POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nX-TFServe-Engine-Secret: " + SECRET +
+               "\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", engine.server.rest_port), timeout=30) as sock:
+        sock.sendall(chunked)
+        piece = b"%x\r\n%s\r\n" % (1 << 20, b"0" * (1 << 20))
+        for _ in range(66):
+            sock.sendall(piece)
+        sock.sendall(b"0\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b'{"error":' in answer, answer[:300]
 
 
 def test_grpc_refuses_bad_credentials_before_taking_the_message(engine):
