@@ -16,6 +16,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from ..private_files import make_private_dirs
+
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig
 
@@ -110,31 +112,6 @@ def format_model_server_config(config: ModelServerConfig) -> str:
 def write_model_server_config(config: ModelServerConfig, path: str | os.PathLike[str]) -> None:
     """Write atomically, so a poller (ours or TF Serving's) never reads half a file."""
     write_text_atomically(Path(path), format_model_server_config(config))
-
-
-def make_private_dirs(path: str | os.PathLike[str]) -> Path:
-    """Create ``path`` and any missing parent as 0700; folders that already exist keep their mode.
-
-    ``Path.mkdir(parents=True, mode=...)`` applies the mode to the last folder only (the
-    parents get the umask's 0755): every folder this engine creates holds state that is
-    nobody else's business, so each is created owner-only from the start rather than
-    chmod-ed afterwards.
-    """
-    target = Path(path)
-    missing = []
-    for folder in (target, *target.parents):
-        if folder.is_dir():
-            break
-        missing.append(folder)
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:
-            if not folder.is_dir():
-                raise
-            continue
-        os.chmod(folder, 0o700)  # exactly 0700 whatever the umask (only the owner bits can differ)
-    return target
 
 
 def write_text_atomically(path: Path, text: str) -> None:

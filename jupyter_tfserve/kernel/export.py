@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..private_files import make_private_dirs
 from .client import TFServeClient, TFServeError
 
 log = logging.getLogger(__name__)
@@ -42,19 +43,6 @@ class ExportResult:
     def __str__(self) -> str:
         return (f"{self.name} version {self.version} is AVAILABLE ({self.seconds:.1f} s): "
                 f"POST {self.predict_url}")
-
-
-def _make_owner_only_dirs(path: Path) -> None:
-    """``path`` and any missing parent created 0700 (``mkdir(parents=True)`` gives parents the umask's 0755)."""
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.is_dir():
-            break
-        missing.append(folder)
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=0o700)
-            os.chmod(folder, 0o700)
 
 
 def _make_owner_only(tree: Path) -> None:
@@ -203,7 +191,7 @@ def export_model(client: TFServeClient, model: Any, name: str, *, label: str | N
     started = time.perf_counter()
     served = client.find_model(name)
     base = Path(served["base_path"]) if served else Path(client.model_repository_root()) / name
-    _make_owner_only_dirs(base)
+    make_private_dirs(base)
     version = max(next_version(base), max(_served_versions(served), default=0) + 1 if served else 1)
     report(f"saving version {version} to {base}")
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=base))

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..private_files import make_private_dirs
+
 log = logging.getLogger(__name__)
 
 # SQLite's own files beside the database in WAL mode: the log and the shared-memory index. Both
@@ -171,8 +173,6 @@ def _create_owner_only(path: Path) -> None:
     a database created 0600 keeps its side files owner-only from their first write; a
     database created by ``sqlite3.connect`` gets the umask's 0644 and so do they.
     """
-    from ..engine.config import make_private_dirs  # here, not at the top: importing this module stays protobuf-free
-
     make_private_dirs(path.parent)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
