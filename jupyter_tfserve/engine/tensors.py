@@ -522,10 +522,7 @@ def _structure_problem(value: Any, shape: tuple[int, ...], spec: TensorSpec, wha
                 if index >= 0:  # reported below, as a misplaced list or a value of the wrong type
                     stack.append((item[index], level + 1, index if level == 0 else top))
                 continue
-            if level == 0:
-                stack.extend((child, 1, index) for index, child in reversed(list(enumerate(item))))
-            else:
-                stack.extend((child, level + 1, top) for child in reversed(item))
+            _push_children(stack, item, level, top)
             continue
         if level != rank:
             return _misplaced(what, item, level, shape), top
@@ -540,6 +537,15 @@ def _structure_problem(value: Any, shape: tuple[int, ...], spec: TensorSpec, wha
 
 
 _SCREEN_STEP = 1 << 16
+
+
+def _push_children(stack: list[tuple[Any, int, int]], item: list, level: int, top: int) -> None:
+    """Queue a list's elements for the walk, first one on top; below level 0 each keeps its top-level index
+    (the instance an error names)."""
+    if level == 0:
+        stack.extend((child, 1, index) for index, child in reversed(list(enumerate(item))))
+    else:
+        stack.extend((child, level + 1, top) for child in reversed(item))
 
 
 def _first_unaccepted(items: list, accepted: frozenset[type]) -> int:
@@ -564,10 +570,7 @@ def _value_problem(value: Any, shape: tuple[int, ...], spec: TensorSpec, what: s
                 return _not_dense(what, level, len(item), shape), top
             if level == len(shape) - 1 and _within_range(item, spec):
                 continue
-            if level == 0:
-                stack.extend((child, 1, index) for index, child in reversed(list(enumerate(item))))
-            else:
-                stack.extend((child, level + 1, top) for child in reversed(item))
+            _push_children(stack, item, level, top)
             continue
         if level != len(shape):
             return _misplaced(what, item, level, shape), top
