@@ -130,3 +130,16 @@ def run_cli(args: Sequence[str], timeout: float = 60) -> subprocess.CompletedPro
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, "-m", "jupyter_tfserve", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=env)
+
+
+def write_models_config(path: Path, base_paths: dict[str, Path | str]) -> Path:
+    """A ModelServerConfig text proto serving each named model from its base path (default policy)."""
+    path.write_text("model_config_list {\n" + "".join(
+        f'  config {{ name: "{name}" base_path: "{base}" }}\n' for name, base in base_paths.items()) + "}\n")
+    return path
+
+
+def write_monitoring_config(path: Path, metrics_path: str = "/monitoring/prometheus/metrics") -> Path:
+    """A MonitoringConfig text proto turning the Prometheus endpoint on at ``metrics_path``."""
+    path.write_text(f'prometheus_config {{ enable: true, path: "{metrics_path}" }}')
+    return path

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
 from pathlib import Path
 
 from jupyter_tfserve.kernel.export import export_model
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
+from tests.helpers.files import mode, umask
 
 
 class FakeClient:
@@ -40,13 +34,6 @@ class FakeClient:
         return f"http://127.0.0.1/v1/models/{name}:predict"
 
 
-@contextlib.contextmanager
-def _umask(mask: int):
-    previous = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def test_an_exported_version_and_the_folders_made_for_it_are_owner_only(tmp_path):
@@ -60,11 +47,11 @@ def test_an_exported_version_and_the_folders_made_for_it_are_owner_only(tmp_path
     for path in (source / "saved_model.pb", source / "variables" / "variables.index"):
         path.chmod(0o666)
     root = tmp_path / "repo" / "nested"
-    with _umask(0o022):
+    with umask(0o022):
         result = export_model(FakeClient(root), str(source), "m", progress=lambda message: None)
     version = Path(result.path)
     assert version == root / "m" / "1"
     for folder in (tmp_path / "repo", root, root / "m", version, version / "variables"):
-        assert _mode(folder) == 0o700, folder
+        assert mode(folder) == 0o700, folder
     for file in (version / "saved_model.pb", version / "variables" / "variables.index"):
-        assert _mode(file) == 0o600, file
+        assert mode(file) == 0o600, file

@@ -30,12 +30,10 @@ def exports(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
-    from tests.helpers.server import ServerProcess
+    from tests.helpers.server import ServerProcess, write_models_config
 
     root, built = exports
-    config = root / "models.config"
-    config.write_text("model_config_list {\n" + "\n".join(
-        f'  config {{ name: "{name}" base_path: "{root / name}" }}' for name in built) + "\n}")
+    config = write_models_config(root / "models.config", {name: root / name for name in built})
     process = ServerProcess([f"--model_config_file={config}"], tmp_path_factory.mktemp("log") / "server.log")
     try:
         process.wait_for_port()

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from tests.helpers.models import keras_reference_predict, write_keras_export, write_tf1_half_plus, write_tf2_half_plus
-from tests.helpers.server import ServerProcess, free_port
+from tests.helpers.server import ServerProcess, free_port, write_models_config, write_monitoring_config
 
 SECRET = "fuzz-secret"
 FUZZ_CASES = 10000
@@ -246,12 +246,9 @@ def fuzzed_server(tmp_path_factory):
     write_keras_export(root / "keras", 1)
     (root / "broken" / "1").mkdir(parents=True)
     (root / "broken" / "1" / "saved_model.pb").write_bytes(b"\x08\x01not a SavedModel")
-    config = root / "models.config"
-    config.write_text("model_config_list {" + "".join(
-        f' config {{ name: "{name}" base_path: "{root / name}" }}' for name in ("half", "tf2", "keras", "broken"))
-        + " }")
-    monitoring = root / "monitoring.config"
-    monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }')
+    names = ("half", "tf2", "keras", "broken")
+    config = write_models_config(root / "models.config", {name: root / name for name in names})
+    monitoring = write_monitoring_config(root / "monitoring.config")
     port = free_port()
     server = ServerProcess(
         ["--require_auth", f"--management_port={port}", f"--model_config_file={config}",

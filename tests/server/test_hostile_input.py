@@ -20,7 +20,7 @@ import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.helpers.models import write_tf1_half_plus, write_tf2_half_plus
-from tests.helpers.server import ServerProcess, free_port
+from tests.helpers.server import ServerProcess, free_port, write_models_config, write_monitoring_config
 
 SECRET = "hostile-input-secret"
 OWNER = {"X-TFServe-Engine-Secret": SECRET}
@@ -101,12 +101,9 @@ def engine(tmp_path_factory):
     write_file_reader(root / "reader", 1, data)
     (root / "broken" / "1").mkdir(parents=True)
     (root / "broken" / "1" / "saved_model.pb").write_bytes(b"\x08\x01not a SavedModel")
-    config = root / "models.config"
-    config.write_text("model_config_list {" + "".join(
-        f' config {{ name: "{name}" base_path: "{root / name}" }}' for name in ("half", "tf2", "reader", "broken"))
-        + " }")
-    monitoring = root / "monitoring.config"
-    monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }')
+    names = ("half", "tf2", "reader", "broken")
+    config = write_models_config(root / "models.config", {name: root / name for name in names})
+    monitoring = write_monitoring_config(root / "monitoring.config")
     port = free_port()
     server = ServerProcess(
         ["--require_auth", f"--management_port={port}", f"--state_db={root / 'state.sqlite'}",

@@ -17,14 +17,11 @@ from tests.helpers.models import keras_reference_predict
 
 @pytest.fixture(scope="module")
 def server(model_zoo, tmp_path_factory):
-    from tests.helpers.server import ServerProcess
+    from tests.helpers.server import ServerProcess, write_models_config
 
     directory = tmp_path_factory.mktemp("formats")
-    config = directory / "models.config"
-    config.write_text("model_config_list {\n" + "\n".join(
-        f'  config {{ name: "{name}" base_path: "{model_zoo[name]}" }}'
-        for name in ("tf1_half_plus_two", "tf2_half_plus_two", "keras", "counter")
-    ) + "\n}")
+    config = write_models_config(directory / "models.config", {
+        name: model_zoo[name] for name in ("tf1_half_plus_two", "tf2_half_plus_two", "keras", "counter")})
     process = ServerProcess([f"--model_config_file={config}"], directory / "server.log")
     try:
         process.wait_for_port()

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from tests.helpers.server import ServerProcess
+from tests.helpers.server import ServerProcess, write_monitoring_config
 
 MODEL = "tfl"
 BATCHING = """
@@ -128,8 +128,7 @@ def test_concurrent_requests_through_batching(keras_tflite, tmp_path):
     model, base, _input, _output = keras_tflite
     parameters = tmp_path / "batching.txt"
     parameters.write_text(BATCHING)
-    monitoring = tmp_path / "monitoring.txt"
-    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
+    monitoring = write_monitoring_config(tmp_path / "monitoring.txt")
     server = _start(base, tmp_path / "server.log", "--enable_batching=true",
                     f"--batching_parameters_file={parameters}", f"--monitoring_config_file={monitoring}")
     try:
