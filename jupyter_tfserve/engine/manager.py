@@ -432,6 +432,17 @@ class Manager:
             return not model.polled
         return record.state in (State.START, State.LOADING)
 
+    def is_settled(self, name: str) -> bool:
+        """Whether every version found for ``name`` has finished loading, one way or the other.
+
+        TF Serving's ReloadConfig answers once all aspired versions are loaded; the
+        management API waits for the same point, not for the first version that turns up.
+        """
+        model = self._models.get(name)
+        if model is None or not model.polled:
+            return False
+        return all(record.state not in (State.START, State.LOADING) for record in model.versions.values())
+
     async def wait_for_load(self, name: str, version: int | None = None, label: str | None = None,
                             timeout: float = 60.0) -> None:
         """Return once the version a request names is no longer loading (or after ``timeout``)."""

@@ -262,16 +262,19 @@ class Control:
         return self.describe(name)
 
     async def _wait_for_model(self, name: str, seconds: float) -> None:
-        """Until a version is AVAILABLE, or every version found has failed, or the time is up."""
+        """Until every version found has loaded or failed (one AVAILABLE is success), or the time is up."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.engine.manager.available_versions(name):
+            settled = self.engine.manager.is_settled(name)
+            if settled and self.engine.manager.available_versions(name):
                 return
             statuses = self.engine.manager.status(name) if self.engine.manager.has_model(name) else []
-            if statuses and all(status.error_code is not Code.OK for status in statuses):
+            if settled and statuses and all(status.error_code is not Code.OK for status in statuses):
                 messages = "; ".join(status.error_message for status in statuses)
                 raise failed_precondition(f"Model {name} has no version that loads: {messages}")
             await asyncio.sleep(0.05)
+        if self.engine.manager.available_versions(name):
+            return  # some versions still loading at the deadline: answer with what serves now
         raise ServingError(Code.DEADLINE_EXCEEDED, f"Model {name} had no AVAILABLE version after {seconds:g} s")
 
     async def unload(self, name: str, version: int | None = None) -> dict:
