@@ -167,7 +167,7 @@ def measure(base_path: Path, log_path: Path, *, cycles: int = 50, warmup: int = 
         prediction_service_pb2_grpc,
     )
 
-    from jupyter_tfserve.engine.tensors import numpy_to_tensor_proto
+    from jupyter_tfserve.engine.codecs.tensor_proto import numpy_to_tensor_proto
 
     grpc_port, rest_port = free_port(), free_port()
     command = [sys.executable, "-m", "jupyter_tfserve", "serve", f"--port={grpc_port}",

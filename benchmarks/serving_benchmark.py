@@ -407,7 +407,7 @@ def main() -> None:
             (root / f"{model.name}.json").write_bytes(rest_body(model))
             from tensorflow_serving.apis import predict_pb2
 
-            from jupyter_tfserve.engine.tensors import numpy_to_tensor_proto
+            from jupyter_tfserve.engine.codecs.tensor_proto import numpy_to_tensor_proto
 
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model.name

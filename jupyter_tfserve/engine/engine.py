@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import tensors
 from .batching import BatchScheduler
 from .batching_options import BatchingOptions
+from .codecs import json_predict, tensor_proto
 from .config import ModelServerConfig
 from .errors import Code, ServingError, invalid_argument
 from .loader import LoaderOptions, SessionOptions, load_servable
@@ -313,7 +313,7 @@ class Engine:
                 return {key: outputs[key] for key in output_keys}
             return await self._run_unbatched(servable, signature, inputs, output_keys)
         except ServingError as error:
-            hints = tensors.shape_hints(inputs, signature) if error.code is Code.INVALID_ARGUMENT else []
+            hints = json_predict.shape_hints(inputs, signature) if error.code is Code.INVALID_ARGUMENT else []
             if hints:
                 raise ServingError(error.code, error.message + " (" + "; ".join(hints) + ")") from None
             raise
@@ -453,7 +453,7 @@ def replay_warmup_record(servable: Servable, record) -> None:
     if kind == "predict_log":
         request = record.predict_log.request
         signature = servable.signature(request.model_spec.signature_name or DEFAULT_SIGNATURE)
-        inputs = tensors.decode_tensor_protos(request.inputs, signature)
+        inputs = tensor_proto.decode_tensor_protos(request.inputs, signature)
         servable.run(signature, inputs, _select_outputs(signature, list(request.output_filter)))
     elif kind in ("classify_log", "regress_log"):
         request = getattr(record, kind).request

@@ -19,12 +19,12 @@ import tornado.httpserver
 import tornado.netutil
 
 from ..engine.batching_options import BatchingOptions
+from ..engine.codecs.limits import DecodeLimits
 from ..engine.config import ConfigError, ModelServerConfig, read_model_server_config, single_model_config
 from ..engine.engine import Engine, EngineOptions
 from ..engine.loader import default_session_options
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
 from ..engine.source import set_version_trust
-from ..engine.tensors import DecodeLimits
 from ..launcher import MANAGEMENT_HOST, EnginePorts
 from ..wire import ENGINE_SECRET_ENV
 from .auth import Authenticator

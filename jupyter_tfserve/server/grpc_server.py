@@ -9,7 +9,7 @@ before the method runs. An interceptor (:class:`RefuseBeforeReading`) sees the m
 metadata first: a call whose credentials fail is refused there, by a handler that never asks for
 the message, so the server neither takes nor parses it. A caller who may call the method gets its
 message parsed as TF Serving would; its tensors are then converted within the request's
-:class:`~jupyter_tfserve.engine.tensors.DecodeLimits`, a large request's on a worker thread.
+:class:`~jupyter_tfserve.engine.codecs.DecodeLimits`, a large request's on a worker thread.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from ..engine import tensors
+from ..engine.codecs import tensor_proto
+from ..engine.codecs.decode_workers import WORKER_MIN_BYTES
+from ..engine.codecs.limits import DecodeBudget, DecodeLimits
 from ..engine.config import ConfigError, validate_model_server_config
 from ..engine.engine import Engine, Target, serialized_examples
 from ..engine.errors import ServingError, invalid_argument, redact_paths
@@ -163,11 +165,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """
 
     def __init__(self, engine: Engine, auth: Authenticator | None = None, tensor_content: bool = False,
-                 decode_limits: tensors.DecodeLimits | None = None) -> None:
+                 decode_limits: DecodeLimits | None = None) -> None:
         self.engine = engine
         self.auth = auth
         self.tensor_content = tensor_content
-        self.decode_limits = decode_limits or tensors.DecodeLimits()
+        self.decode_limits = decode_limits or DecodeLimits()
 
     async def Predict(self, request, context):
         try:
@@ -175,14 +177,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             metadata = _authorize(self.auth, context, target.name, "predict")
             limits = self.decode_limits
             converted = None
-            if tensors.tensor_protos_size_hint(request.inputs) >= tensors.WORKER_MIN_BYTES:
+            if tensor_proto.tensor_protos_size_hint(request.inputs) >= WORKER_MIN_BYTES:
                 # Off the event loop, in steps that let it run (strings a slice at a time).
-                converted = await asyncio.to_thread(tensors.convert_tensor_protos, request.inputs,
-                                                    tensors.DecodeBudget(limits, request.ByteSize))
+                converted = await asyncio.to_thread(tensor_proto.convert_tensor_protos, request.inputs,
+                                                    DecodeBudget(limits, request.ByteSize))
             answer = await self.engine.predict(
                 target,
-                lambda signature: tensors.decode_tensor_protos(
-                    request.inputs, signature, tensors.DecodeBudget(limits, request.ByteSize), converted),
+                lambda signature: tensor_proto.decode_tensor_protos(
+                    request.inputs, signature, DecodeBudget(limits, request.ByteSize), converted),
                 output_filter=list(request.output_filter),
                 entrypoint="GRPC",
                 route_key=metadata.get(_ROUTE_KEY),
@@ -190,7 +192,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = predict_pb2.PredictResponse()
             _fill_spec(response.model_spec, answer.name, answer.version, answer.signature_name)
             for alias, array in answer.outputs.items():
-                tensors.numpy_to_tensor_proto(array, tensor_content=self.tensor_content, out=response.outputs[alias])
+                tensor_proto.numpy_to_tensor_proto(array, tensor_content=self.tensor_content,
+                                                   out=response.outputs[alias])
         except ServingError as error:
             await _abort(context, error, self.auth)
         return response
@@ -393,7 +396,7 @@ def make_grpc_server(engine: Engine, auth: Authenticator | None = None, *,
                      channel_arguments: Sequence[ChannelArgument] = (),
                      response_tensor_content: bool = False, enable_profiler: bool = False,
                      paths: PathPolicy | None = None,
-                     decode_limits: tensors.DecodeLimits | None = None) -> grpc.aio.Server:
+                     decode_limits: DecodeLimits | None = None) -> grpc.aio.Server:
     interceptors = [RefuseBeforeReading(auth)] if auth is not None else []
     server = grpc.aio.server(options=server_options(channel_arguments), interceptors=interceptors)
     if enable_profiler:

@@ -8,7 +8,7 @@ Every handler streams its body (``stream_request_body``) and settles who is call
 ``prepare``, from the headers and the path alone: a caller who may not make the request is
 answered before its body is read, and only an admitted :predict, :classify or :regress
 keeps a body (up to ``--max_request_body_bytes``). A large :predict body is parsed and
-decoded in a worker process (:class:`~jupyter_tfserve.engine.tensors.DecodeWorkers`),
+decoded in a worker process (:class:`~jupyter_tfserve.engine.codecs.DecodeWorkers`),
 so that seconds of JSON parsing never stop the event loop.
 """
 
@@ -21,7 +21,9 @@ import re
 import tornado.web
 from google.protobuf import json_format
 
-from ..engine import tensors
+from ..engine.codecs import json_body, json_encode, json_example, json_predict
+from ..engine.codecs.decode_workers import WORKER_MIN_BYTES, DecodeWorkers
+from ..engine.codecs.limits import DecodeBudget, DecodeLimits
 from ..engine.engine import LOAD_WAIT_SECONDS, Answer, Engine, Target
 from ..engine.errors import Code, ServingError, invalid_argument, not_found, redact_paths
 from ..engine.manager import status_to_json
@@ -61,14 +63,14 @@ class _Base(tornado.web.RequestHandler):
         timeout_seconds: float | None = None,
         max_body_bytes: int = 0,
         auth: Authenticator | None = None,
-        decode_limits: tensors.DecodeLimits | None = None,
-        decoders: tensors.DecodeWorkers | None = None,
+        decode_limits: DecodeLimits | None = None,
+        decoders: DecodeWorkers | None = None,
     ) -> None:
         self.engine = engine
         self.timeout_seconds = timeout_seconds
         self.max_body_bytes = max_body_bytes
         self.auth = auth
-        self.decode_limits = decode_limits or tensors.DecodeLimits()
+        self.decode_limits = decode_limits or DecodeLimits()
         self.decoders = decoders
         self._caller: Access | None = None
         self._chunks: list[bytes] = []
@@ -153,7 +155,7 @@ class _Base(tornado.web.RequestHandler):
         self.clear_header(VERSION_HEADER)
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(tensors.encode_json({"error": message}))
+        self.finish(json_encode.encode_json({"error": message}))
 
     def write_serving_error(self, error: ServingError) -> None:
         self.write_error_json(error.code.http_status, self.for_caller(error.message))
@@ -170,7 +172,7 @@ class _Base(tornado.web.RequestHandler):
         if exc_info and isinstance(exc_info[1], tornado.web.HTTPError) and exc_info[1].log_message:
             reason = exc_info[1].log_message
         self.set_header("Content-Type", "application/json")
-        self.finish(tensors.encode_json({"error": reason}))
+        self.finish(json_encode.encode_json({"error": reason}))
 
     def malformed(self) -> ServingError:
         return invalid_argument(f"Malformed request: {self.request.method} {self.request.path}")
@@ -211,7 +213,7 @@ class ModelListHandler(_OwnerOnly):
                 models.append(manager.describe(name))
             except ServingError:
                 continue  # removed between listing and describing
-        self.write_json(tensors.encode_json({"models": models}))
+        self.write_json(json_encode.encode_json({"models": models}))
 
 
 class ModelHandler(_Base):
@@ -260,7 +262,7 @@ class ModelHandler(_Base):
                 if not self.access().owner:
                     for entry in body["model_version_status"]:
                         entry["status"]["error_message"] = self.for_caller(entry["status"]["error_message"])
-                self.write_json(tensors.encode_json(body))
+                self.write_json(json_encode.encode_json(body))
         except ServingError as error:
             self.write_serving_error(error)
 
@@ -274,7 +276,7 @@ class ModelHandler(_Base):
                 )
             },
         }
-        self.write_json(tensors.encode_json(body))
+        self.write_json(json_encode.encode_json(body))
 
     async def post(self) -> None:
         body = b"".join(self._chunks)
@@ -286,11 +288,13 @@ class ModelHandler(_Base):
                 )
                 return
             verb, target = self._verb, self._target
-            if verb == "predict" and self.decoders is not None and len(body) >= tensors.WORKER_MIN_BYTES:
+            if verb == "predict" and self.decoders is not None and len(body) >= WORKER_MIN_BYTES:
                 answer = await self._with_timeout(self._predict_elsewhere(target, body))
             else:
-                request = tensors.parse_predict_body(body) if verb == "predict" else tensors.parse_json_body(body)
-                target = Target(target.name, target.version, target.label, tensors.request_signature_name(request))
+                parse = json_body.parse_predict_body if verb == "predict" else json_body.parse_json_body
+                request = parse(body)
+                target = Target(target.name, target.version, target.label,
+                                json_body.request_signature_name(request))
                 answer = await self._with_timeout(self._call(verb, target, request, body))
             self.set_header(VERSION_HEADER, str(answer.version))
             self.write_json(self._encode(verb, answer))
@@ -303,15 +307,15 @@ class ModelHandler(_Base):
             row_format: list[bool] = []
 
             def decode(signature):
-                inputs, row = tensors.decode_predict_request(
-                    request, signature, tensors.DecodeBudget(self.decode_limits, len(body), body))
+                inputs, row = json_predict.decode_predict_request(
+                    request, signature, DecodeBudget(self.decode_limits, len(body), body))
                 row_format.append(row)
                 return inputs
 
             answer = await self.engine.predict(target, decode, entrypoint="REST", route_key=route_key)
             answer.row_format = row_format[0]
             return answer
-        examples = tensors.examples_from_json(request)
+        examples = json_example.examples_from_json(request)
         if verb == "classify":
             return await self.engine.classify(target, examples, entrypoint="REST", route_key=route_key)
         return await self.engine.regress(target, examples, entrypoint="REST", route_key=route_key)
@@ -344,8 +348,8 @@ class ModelHandler(_Base):
                 return decoded.inputs
             log.info("model %s: decoding a %d-byte body on the event loop (the answering version's inputs "
                      "differ from those it was decoded for)", target.name, len(body))
-            inputs, row = tensors.decode_predict_request(tensors.parse_predict_body(body), signature,
-                                                         tensors.DecodeBudget(self.decode_limits, len(body), body))
+            inputs, row = json_predict.decode_predict_request(json_body.parse_predict_body(body), signature,
+                                                         DecodeBudget(self.decode_limits, len(body), body))
             row_format.append(row)
             return inputs
 
@@ -357,11 +361,11 @@ class ModelHandler(_Base):
     @staticmethod
     def _encode(verb: str, answer: Answer) -> bytes:
         if verb == "predict":
-            return tensors.encode_predict_response(answer.outputs, answer.row_format)
+            return json_encode.encode_predict_response(answer.outputs, answer.row_format)
         if verb == "classify":
             results = [[[label, score] for label, score in row] for row in answer.results]
-            return tensors.encode_json({"results": results})
-        return tensors.encode_json({"results": answer.results})
+            return json_encode.encode_json({"results": results})
+        return json_encode.encode_json({"results": answer.results})
 
     async def _with_timeout(self, call):
         if not self.timeout_seconds:
@@ -389,7 +393,7 @@ class LiveHandler(_Base):
     """Liveness: the process answers HTTP."""
 
     def get(self) -> None:
-        self.write_json(tensors.encode_json({"status": "live"}))
+        self.write_json(json_encode.encode_json({"status": "live"}))
 
 
 class ReadyHandler(_OwnerOnly):
@@ -400,9 +404,9 @@ class ReadyHandler(_OwnerOnly):
             return
         ready, waiting = self.engine.manager.is_ready()
         if ready:
-            self.write_json(tensors.encode_json({"status": "ready"}))
+            self.write_json(json_encode.encode_json({"status": "ready"}))
         else:
-            self.write_json(tensors.encode_json({"status": "not ready", "models_not_available": waiting}), 503)
+            self.write_json(json_encode.encode_json({"status": "not ready", "models_not_available": waiting}), 503)
 
 
 class MetricsHandler(_OwnerOnly):
@@ -426,14 +430,14 @@ def make_app(
     timeout_ms: int = 0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     auth: Authenticator | None = None,
-    decode_limits: tensors.DecodeLimits | None = None,
+    decode_limits: DecodeLimits | None = None,
     decode_workers: int = 2,
 ) -> tornado.web.Application:
     """The REST application; ``decode_workers`` processes (0: none, decode inline) take large :predict bodies."""
-    limits = decode_limits or tensors.DecodeLimits()
-    decoders = tensors.DecodeWorkers(limits, decode_workers, drop_env=(ENGINE_SECRET_ENV,)) if decode_workers else None
+    decode_limits = decode_limits or DecodeLimits()
+    decoders = DecodeWorkers(decode_limits, decode_workers, drop_env=(ENGINE_SECRET_ENV,)) if decode_workers else None
     options = {"engine": engine, "timeout_seconds": timeout_ms / 1000 if timeout_ms else None,
-               "max_body_bytes": max_body_bytes, "auth": auth, "decode_limits": limits, "decoders": decoders}
+               "max_body_bytes": max_body_bytes, "auth": auth, "decode_limits": decode_limits, "decoders": decoders}
     routes: list = [
         (r"/v1/models/?", ModelListHandler, options),
         (r"/v1/models/[^/]+.*", ModelHandler, options),

@@ -20,7 +20,16 @@ import orjson
 import pytest
 from tensorflow.core.framework import tensor_pb2
 
-from jupyter_tfserve.engine import tensors
+from jupyter_tfserve.engine.codecs import decode_workers, json_body, json_predict, tensor_proto
+from jupyter_tfserve.engine.codecs.decode_workers import DecodeWorkers
+from jupyter_tfserve.engine.codecs.json_body import parse_predict_body
+from jupyter_tfserve.engine.codecs.json_predict import decode_predict_request
+from jupyter_tfserve.engine.codecs.limits import DecodeBudget, DecodeLimits
+from jupyter_tfserve.engine.codecs.tensor_proto import (
+    convert_tensor_protos,
+    decode_tensor_protos,
+    tensor_proto_to_numpy,
+)
 from jupyter_tfserve.engine.errors import Code, ServingError, redact_paths
 from jupyter_tfserve.engine.signature import (
     DT_BOOL,
@@ -35,18 +44,9 @@ from jupyter_tfserve.engine.signature import (
     DT_UINT8,
     DT_UINT32,
     DT_UINT64,
+    NUMPY_DTYPES,
     SignatureSpec,
     TensorSpec,
-)
-from jupyter_tfserve.engine.tensors import (
-    DecodeBudget,
-    DecodeLimits,
-    DecodeWorkers,
-    convert_tensor_protos,
-    decode_predict_request,
-    decode_tensor_protos,
-    parse_predict_body,
-    tensor_proto_to_numpy,
 )
 
 
@@ -151,11 +151,11 @@ def test_memory_error_is_resource_exhausted(monkeypatch):
     def exhausted(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(tensors, "_typed_values", exhausted)
+    monkeypatch.setattr(tensor_proto, "_typed_values", exhausted)
     tensor = proto(DT_FLOAT, [4], "float_val", [1.0, 2.0, 3.0, 4.0])
     refused(lambda: tensor_proto_to_numpy(tensor), Code.RESOURCE_EXHAUSTED, "out of memory")
     refused(lambda: decode_tensor_protos({"x": tensor}, FLOAT), Code.RESOURCE_EXHAUSTED, "Input 'x'", "memory")
-    monkeypatch.setattr(tensors, "_json_to_array", exhausted)
+    monkeypatch.setattr(json_predict, "_json_to_array", exhausted)
     refused(lambda: decode_predict_request({"instances": [1.0]}, FLOAT), Code.RESOURCE_EXHAUSTED, "memory")
 
 
@@ -182,8 +182,8 @@ COUNT = (1 << 16) * 2 + 123  # past the wire-read threshold and over two slices 
 ])
 def test_large_typed_fields_decode_exactly(tf_dtype, field, values):
     decoded = tensor_proto_to_numpy(proto(tf_dtype, [len(values)], field, values.tolist()))
-    expected = values.view(np.float16) if field == "half_val" else values.astype(tensors.NUMPY_DTYPES[tf_dtype])
-    assert decoded.dtype == tensors.NUMPY_DTYPES[tf_dtype]
+    expected = values.view(np.float16) if field == "half_val" else values.astype(NUMPY_DTYPES[tf_dtype])
+    assert decoded.dtype == NUMPY_DTYPES[tf_dtype]
     assert np.array_equal(decoded, expected)
 
 
@@ -220,7 +220,7 @@ def test_conversion_ahead_of_the_signature_matches_decoding_with_it():
     only = {"x": protos["x"]}
     assert decode_tensor_protos(only, FLOAT, converted=convert_tensor_protos(only, DecodeBudget()))["x"].tolist() == [
         1.0, 2.0, 3.0]
-    assert tensors.tensor_protos_size_hint(protos) == 3 * 4 + 3
+    assert tensor_proto.tensor_protos_size_hint(protos) == 3 * 4 + 3
 
 
 # -- JSON: no string array from a list of numbers ------------------------------------------------------
@@ -290,27 +290,27 @@ def test_json_tensors_count_against_the_budget():
 
 
 def test_large_dense_shapes_are_not_cached():
-    tensors._dense_structure_cached.cache_clear()
+    json_body._dense_structure_cached.cache_clear()
     for size in range(100_000, 100_010):  # ten 800 KB bodies, each its own shape
         body = orjson.dumps({"instances": [1.5] * size})
         inputs, _ = decode(body, FLOAT)
         assert inputs["x"].shape == (size,)
-    assert tensors._dense_structure_cached.cache_info().currsize == 0
+    assert json_body._dense_structure_cached.cache_info().currsize == 0
     decode(orjson.dumps({"instances": [[1.5] * 28] * 28}), FLOAT)
-    assert tensors._dense_structure_cached.cache_info().currsize == 1  # small shapes are still cached
+    assert json_body._dense_structure_cached.cache_info().currsize == 1  # small shapes are still cached
 
 
 def test_a_large_body_gets_a_simdjson_parser_of_its_own(monkeypatch):
     """simdjson keeps the capacity of the largest document it parsed: ~500 MB after one 40 MB body."""
     made = []
-    real = tensors.simdjson.Parser
+    real = decode_workers.simdjson.Parser
 
     def counting():
         made.append(1)
         return real()
 
     parse_predict_body(orjson.dumps({"instances": [1.5] * 1000}))  # the thread's parser exists
-    monkeypatch.setattr(tensors.simdjson, "Parser", counting)
+    monkeypatch.setattr(decode_workers.simdjson, "Parser", counting)
     parse_predict_body(orjson.dumps({"instances": [1.5] * 1000}))
     assert not made
     parse_predict_body(orjson.dumps({"instances": [1.5] * 1_200_000}))  # 4.8 MB
@@ -438,7 +438,7 @@ def test_the_event_loop_runs_while_a_worker_decodes_a_huge_body():
 
 
 def test_quotes_prove_a_body_string_free_only_when_they_are_all_accounted_for():
-    assert tensors._quoted("instances") == 2
-    assert tensors._quoted('a"b') < 0  # its text may hold one quote character or none: no proof
+    assert json_predict._quoted("instances") == 2
+    assert json_predict._quoted('a"b') < 0  # its text may hold one quote character or none: no proof
     assert DecodeBudget(body=b'{"instances": [1, 2], "signature_name": "s"}').quotes == 6
     assert DecodeBudget().quotes > 1 << 60  # no text: nothing proven

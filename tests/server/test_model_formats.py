@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from jupyter_tfserve.engine import tensors
+from jupyter_tfserve.engine.codecs import json_body
 from tests.helpers.models import keras_reference_predict
 
 
@@ -94,7 +94,7 @@ def test_large_dense_and_ragged_bodies_over_rest(server):
     """Bodies big enough for the simdjson fast path answer as small ones do, and a ragged one is refused."""
     x = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
     body = json.dumps({"instances": x.tolist()})
-    assert len(body) > tensors.FAST_PATH_MIN_BYTES
+    assert len(body) > json_body.FAST_PATH_MIN_BYTES
     response = server.post("/v1/models/keras:predict", body)
     assert response.status_code == 200, response.text
     np.testing.assert_allclose(response.json()["predictions"], keras_reference_predict(x), rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from jupyter_tfserve.engine import tensors
+from jupyter_tfserve.engine.codecs import decode_workers, json_body, json_predict
 from jupyter_tfserve.engine.errors import ServingError
 from jupyter_tfserve.engine.signature import (
     DT_DOUBLE,
@@ -26,7 +26,7 @@ from jupyter_tfserve.engine.signature import (
     TensorSpec,
 )
 
-pytestmark = pytest.mark.skipif(tensors.simdjson is None, reason="pysimdjson is not installed here")
+pytestmark = pytest.mark.skipif(decode_workers.simdjson is None, reason="pysimdjson is not installed here")
 
 
 def signature(**inputs: int) -> SignatureSpec:
@@ -47,30 +47,30 @@ TWO = signature(a=DT_FLOAT, b=DT_FLOAT)
 
 @pytest.fixture(autouse=True)
 def fast_path_for_small_bodies(monkeypatch):
-    monkeypatch.setattr(tensors, "FAST_PATH_MIN_BYTES", 0)
+    monkeypatch.setattr(json_body, "FAST_PATH_MIN_BYTES", 0)
 
 
 def outcome(parse, body: bytes, sig: SignatureSpec):
     try:
-        inputs, rows = tensors.decode_predict_request(parse(body), sig)
+        inputs, rows = json_predict.decode_predict_request(parse(body), sig)
     except ServingError as error:
         return ("error", error.code, error.message)
     return ("ok", rows, {key: (value.dtype, value.shape, value.tobytes()) for key, value in inputs.items()})
 
 
 def assert_same(body: bytes, sig: SignatureSpec):
-    slow = outcome(tensors.parse_json_body, body, sig)
-    fast = outcome(tensors.parse_predict_body, body, sig)
+    slow = outcome(json_body.parse_json_body, body, sig)
+    fast = outcome(json_body.parse_predict_body, body, sig)
     assert fast == slow, body[:200]
     return slow
 
 
 def takes_fast_path(body: bytes) -> bool:
     try:
-        request = tensors.parse_predict_body(body)
+        request = json_body.parse_predict_body(body)
     except ServingError:
         return False
-    return any(isinstance(value, tensors.DenseNumbers) for value in request.values())
+    return any(isinstance(value, json_body.DenseNumbers) for value in request.values())
 
 
 DENSE_BODIES = [
@@ -143,7 +143,7 @@ def test_a_real_image_sized_request_takes_the_fast_path_at_the_default_threshold
     rng = np.random.default_rng(0)
     image = rng.random((2, 32, 32, 3), np.float32)
     body = json.dumps({"instances": image.tolist()}).encode()
-    assert len(body) > tensors.FAST_PATH_MIN_BYTES
+    assert len(body) > json_body.FAST_PATH_MIN_BYTES
     assert takes_fast_path(body)
     kind, rows, inputs = assert_same(body, FLOAT)
     assert (kind, rows) == ("ok", True)

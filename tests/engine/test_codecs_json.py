@@ -11,6 +11,15 @@ import json
 import numpy as np
 import pytest
 
+from jupyter_tfserve.engine.codecs.json_body import parse_json_body
+from jupyter_tfserve.engine.codecs.json_encode import encode_json, encode_predict_response
+from jupyter_tfserve.engine.codecs.json_example import examples_from_json
+from jupyter_tfserve.engine.codecs.json_predict import decode_predict_request, shape_hints
+from jupyter_tfserve.engine.codecs.tensor_proto import (
+    decode_tensor_protos,
+    numpy_to_tensor_proto,
+    tensor_proto_to_numpy,
+)
 from jupyter_tfserve.engine.errors import Code, ServingError
 from jupyter_tfserve.engine.signature import (
     DT_BOOL,
@@ -30,17 +39,6 @@ from jupyter_tfserve.engine.signature import (
     NUMPY_DTYPES,
     SignatureSpec,
     TensorSpec,
-)
-from jupyter_tfserve.engine.tensors import (
-    decode_predict_request,
-    decode_tensor_protos,
-    encode_json,
-    encode_predict_response,
-    examples_from_json,
-    numpy_to_tensor_proto,
-    parse_json_body,
-    shape_hints,
-    tensor_proto_to_numpy,
 )
 
 
