@@ -36,6 +36,9 @@ setup() {
     # The build hook (hatch-jupyter-builder) runs `jlpm install` and `jlpm build` in labextension/
     # (Node.js needed), and the editable install puts the built panel in $lab_dest for JupyterLab.
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    # tritonclient (the V2 protocol tests' client) pins protobuf < 7: its own environment, inside $VENV.
+    if [ ! -x "$VENV/triton-client/bin/python" ]; then "$(find_python)" -m venv "$VENV/triton-client"; fi
+    "$VENV/triton-client/bin/python" -m pip install --quiet "tritonclient[http,grpc]" numpy
     echo "$lab_want" > "$lab_stamp"
     echo "$want" > "$stamp"
   fi

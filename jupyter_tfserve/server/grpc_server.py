@@ -115,6 +115,10 @@ _METHOD_VERBS = {
     "/tensorflow.serving.PredictionService/GetModelMetadata": "metadata",
     "/tensorflow.serving.ModelService/GetModelStatus": "status",
     "/tensorflow.serving.PredictionService/MultiInference": None,  # classify or regress, per task
+    "/inference.GRPCInferenceService/ModelInfer": "predict",  # KServe V2 (server/v2_grpc.py)
+    "/inference.GRPCInferenceService/ModelMetadata": "metadata",
+    "/inference.GRPCInferenceService/ModelReady": "metadata",
+    "/inference.GRPCInferenceService/ServerLive": "metadata",
 }
 
 
@@ -404,4 +408,7 @@ def make_grpc_server(engine: Engine, auth: Authenticator | None = None, *,
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(engine, auth, tensor_content=response_tensor_content, decode_limits=decode_limits), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine, auth, paths), server)
+    from .v2_grpc import add_inference_service  # here: v2_grpc builds on this module's helpers
+
+    add_inference_service(server, engine, auth)
     return server

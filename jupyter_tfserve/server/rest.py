@@ -445,6 +445,10 @@ def make_app(
         (r"/healthz", LiveHandler, options),
         (r"/readyz", ReadyHandler, options),
     ]
+    from .seldon_rest import seldon_routes  # here: both build on this module's handlers
+    from .v2_rest import v2_routes
+
+    routes += v2_routes(options) + seldon_routes(options)
     if metrics_path:
         routes.insert(0, (re.escape(metrics_path), MetricsHandler, options))
     return tornado.web.Application(
