@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from traitlets import Bool, Dict, Enum, Int, List, Unicode, default
 
 from ..launcher import EngineSettings, private_directory, write_private_text
 from ..launcher import engine_environment as scrubbed_environment
-from .handlers import AcceptedTokens, EngineStatusHandler, ManagementProxyHandler, ProxyHandler
+from .handlers import AcceptedTokens, EngineStatusHandler, ManagementProxyHandler, ProxyHandler, V2ProxyHandler
 from .supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ class TFServeExtension(ExtensionApp):
         return str(Path(self.state_dir) / "models")
 
     def initialize_settings(self) -> None:
+        # Kernels inherit this server's environment: TensorFlow's C++ start-up chatter stays out of
+        # notebooks unless JUPYTER_TFSERVE_TF_LOGS=1 (the kernel side drops what this cannot reach).
+        if os.environ.get("JUPYTER_TFSERVE_TF_LOGS", "").strip().lower() not in ("1", "true", "yes", "on"):
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         # Owner-only: the folder holds the engine's log, the share-token store and the model config.
         state = private_directory(Path(self.state_dir))
         Path(self.model_repository_root).mkdir(parents=True, exist_ok=True)
@@ -173,6 +178,7 @@ class TFServeExtension(ExtensionApp):
     def initialize_handlers(self) -> None:
         self.handlers.extend([
             (r"/tfserve/v1/(.*)", ProxyHandler),
+            (r"/tfserve/v2/?(.*)", V2ProxyHandler),
             (r"/tfserve/api/engine/?", EngineStatusHandler),
             (r"/tfserve/api/(.*)", ManagementProxyHandler),
         ])

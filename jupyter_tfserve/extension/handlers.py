@@ -1,10 +1,10 @@
 """``{base_url}tfserve/...``: thin, authenticated handlers in front of the engine.
 
-``tfserve/v1/...`` is the engine's TF Serving REST API, forwarded byte for byte, for
-the Jupyter user and for share-token bearers; ``tfserve/api/...`` is the engine's
-management API, for the Jupyter user only. The engine itself checks the share
-token's scope: these handlers never decide what a token grants, so the rule lives
-in one place and holds on the engine's own port too.
+``tfserve/v1/...`` is the engine's TF Serving REST API and ``tfserve/v2/...`` its KServe
+V2 API, forwarded byte for byte, for the Jupyter user and for share-token bearers;
+``tfserve/api/...`` is the engine's management API, for the Jupyter user only. The
+engine itself checks the share token's scope: these handlers never decide what a
+token grants, so the rule lives in one place and holds on the engine's own port too.
 
 No request body is read before its credential is known to be good. Tornado reads
 a body before calling a handler unless the handler streams it, so these handlers
@@ -48,6 +48,8 @@ TOKEN_CHECK_SECONDS = 5.0
 TOKEN_CHECK_ENTRIES = 4096
 # models/<name>[/versions/<n> | /labels/<label>][:<verb>]: the model and verb a share token must grant.
 _MODEL_PATH = re.compile(r"models/(?P<model>[^/:]+)(?:/(?:versions|labels)/[^/:]+)?(?::(?P<verb>[A-Za-z]+))?")
+# A V2 body-carrying path: only .../infer has a model and verb a share token may hold (its "predict").
+_V2_INFER_PATH = re.compile(r"models/(?P<model>[^/]+)(?:/versions/[^/]+)?/infer")
 
 
 class AcceptedTokens:
@@ -206,10 +208,14 @@ class ProxyHandler(_EngineHandler):
         elif self.request.method in BODY_METHODS:
             await self._check_share_token(token, self.path_args[0] if self.path_args else "")
 
+    def _model_and_verb(self, path: str) -> tuple[str, str]:
+        """What a share token must hold for a request with a body to this path ("" and "": nothing does)."""
+        match = _MODEL_PATH.fullmatch(path)
+        return (match["model"], match["verb"] or "") if match else ("", "")
+
     async def _check_share_token(self, token: str, path: str) -> None:
         """Ask the engine whether it would take ``token`` here; relay its refusal (and finish) if not."""
-        match = _MODEL_PATH.fullmatch(path)
-        model, verb = (match["model"], match["verb"] or "") if match else ("", "")
+        model, verb = self._model_and_verb(path)
         if not await self.engine_ready():
             return
         supervisor = self.supervisor
@@ -233,9 +239,11 @@ class ProxyHandler(_EngineHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(answer)
 
+    api_prefix = "v1"
+
     def _engine_url(self, path: str) -> str:
         query = f"?{self.request.query}" if self.request.query else ""
-        return f"{self.supervisor.rest_url}/v1/{quote(path, safe='/:')}{query}"
+        return f"{self.supervisor.rest_url}/{self.api_prefix}/{quote(path, safe='/:')}{query}"
 
     async def _as_share_token(self, path: str, token: str) -> None:
         await self.forward(self._engine_url(path), {"Authorization": f"Bearer {token}"})
@@ -257,6 +265,21 @@ class ProxyHandler(_EngineHandler):
             await self._as_jupyter_user(path)
 
     post = get
+
+
+class V2ProxyHandler(ProxyHandler):
+    """The engine's KServe V2 REST API (``/v2/...``), with the same credentials rule as ``tfserve/v1``.
+
+    A share token's "predict" verb is V2 infer on its model; its body is read only once the
+    engine has accepted the token for that. GETs (metadata, readiness) are judged by the
+    engine itself, which maps them to the token's "metadata" verb.
+    """
+
+    api_prefix = "v2"
+
+    def _model_and_verb(self, path: str) -> tuple[str, str]:
+        match = _V2_INFER_PATH.fullmatch(path)
+        return (match["model"], "predict") if match else ("", "")
 
 
 class ManagementProxyHandler(_EngineHandler):
