@@ -27,6 +27,7 @@ from .config import ModelConfig, ModelServerConfig
 from .errors import Code, ServingError, failed_precondition, invalid_argument, not_found
 from .servable import Servable
 from .source import aspired_versions, describe_policy, list_versions
+from .storage import base_path_problem
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ class Manager:
         unload: UnloadHook,
         *,
         allow_version_labels_for_unavailable_models: bool = False,
+        on_config: Callable[[ModelServerConfig], None] = lambda config: None,
     ) -> None:
+        self._on_config = on_config  # sees (and may refuse, raising) each config before it is applied
         self._load = load
         self._unload = unload
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
@@ -155,6 +158,7 @@ class Manager:
         new versions to settle and refuses labels on versions that are not
         AVAILABLE, unless ``--allow_version_labels_for_unavailable_models``.
         """
+        self._on_config(config)
         wanted = {model.name: model for model in config.model_config_list.config}
         for name in list(self._models):
             if name not in wanted:
@@ -241,7 +245,7 @@ class Manager:
             self.poll()
 
     def _reconcile(self, model: _Model) -> None:
-        on_disk = list_versions(model.config.base_path)
+        on_disk = list_versions(model.config.base_path, model=model.config)
         ready: list[int] = []
         for version, found in on_disk.items():
             if not found.complete:
@@ -282,7 +286,14 @@ class Manager:
                 self._spawn(self._unload_version(model, record))
             elif record.state is State.END and record.error is not None and version not in on_disk:
                 del model.versions[version]
+        self._report_unreachable(model)
         self._notify()
+
+    def _report_unreachable(self, model: _Model) -> None:
+        """A remote base path that cannot be listed (no bucket, bad credentials) is version 0's error in status."""
+        problem = base_path_problem(model.config.base_path)
+        if problem and not model.versions:
+            model.versions[0] = _Version(0, Path(), state=State.END, error=ServingError(Code.UNAVAILABLE, problem))
 
     def _report_incomplete(self, model: _Model, version: int, path: Path, problem: str) -> None:
         """Show a version directory that is not a whole SavedModel (yet) in status, without loading it."""

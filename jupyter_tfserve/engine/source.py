@@ -23,6 +23,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import storage
 from .config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -182,14 +183,20 @@ def version_trust() -> VersionTrust | None:
     return _trust
 
 
-def list_versions(base_path: str | os.PathLike[str], trust: VersionTrust | None = None) -> dict[int, VersionOnDisk]:
+def list_versions(base_path: str | os.PathLike[str], trust: VersionTrust | None = None,
+                  model: ModelConfig | None = None) -> dict[int, VersionOnDisk]:
     """Every numbered directory under ``base_path`` (``00000123`` is version 123).
+
+    A remote base path (``s3://``, ``gs://``, ``hdfs://``, ``file://``) lists the local
+    copies of its versions (:mod:`.storage`); ``model``'s version policy picks which to copy.
 
     Names that are not positive integers are ignored, which is what makes a
     temporary export directory (``.tmp-...``) invisible. With a :class:`VersionTrust`
     (``trust``, else the process's: see :func:`set_version_trust`), a version it refuses
     is listed as not complete, with the reason, and the path of one it accepts is resolved.
     """
+    if isinstance(base_path, str) and storage.is_remote(base_path):
+        return _remote_versions(base_path, model)
     rule = trust or _trust
     base = Path(base_path)
     found: dict[int, VersionOnDisk] = {}
@@ -219,6 +226,18 @@ def list_versions(base_path: str | os.PathLike[str], trust: VersionTrust | None 
         if version not in found or entry.name < names[version]:
             found[version] = candidate
             names[version] = entry.name
+    return found
+
+
+def _remote_versions(url: str, model: ModelConfig | None) -> dict[int, VersionOnDisk]:
+    """The finished local copies of a remote base path, and its incomplete versions with why."""
+    def wanted(versions: list[int]) -> list[int]:
+        return aspired_versions(model, versions) if model is not None else versions
+
+    copies, incomplete, _problem = storage.remote_versions(url, wanted)
+    found = {version: VersionOnDisk(version, path, True, (str(path),)) for version, path in copies.items()}
+    for version, why in incomplete.items():
+        found.setdefault(version, VersionOnDisk(version, Path(f"{url.rstrip('/')}/{version}"), False, (), why))
     return found
 
 

@@ -25,6 +25,7 @@ from ..engine.engine import Engine, EngineOptions
 from ..engine.loader import default_session_options
 from ..engine.protos import BatchingParameters, MonitoringConfig, parse_text
 from ..engine.source import set_version_trust
+from ..engine.storage import is_remote
 from ..launcher import MANAGEMENT_HOST, EnginePorts
 from ..wire import ENGINE_SECRET_ENV
 from .auth import Authenticator
@@ -54,7 +55,8 @@ def initial_config(args: argparse.Namespace) -> ModelServerConfig:
         except ConfigError as error:
             raise ServeError(str(error)) from None
     if args.model_base_path:
-        return single_model_config(args.model_name, os.path.abspath(args.model_base_path))
+        base = args.model_base_path if is_remote(args.model_base_path) else os.path.abspath(args.model_base_path)
+        return single_model_config(args.model_name, base)
     log.warning("no --model_base_path or --model_config_file: serving no models until a config is loaded")
     return ModelServerConfig()
 
@@ -195,7 +197,8 @@ class EngineServer:
         if args.rest_api_port or "rest" in self._picked:
             app = make_app(self.engine, metrics_path=self.metrics_path, timeout_ms=args.rest_api_timeout_in_ms,
                            max_body_bytes=args.max_request_body_bytes, auth=self.auth,
-                           decode_limits=self.decode_limits, decode_workers=args.decode_workers)
+                           decode_limits=self.decode_limits, decode_workers=args.decode_workers,
+                           control=self.control if args.model_repository_root else None)
             add_identity_route(app, self._secret)
             self._decoders = app.settings.get("decoders")
             self._http = tornado.httpserver.HTTPServer(

@@ -253,7 +253,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a demo SavedModel (y = x/2 + 2) under the Jupyter data directory and serve it.",
     ))
     demo.set_defaults(model_name="half_plus_two")
+    warmup = commands.add_parser(
+        "warmup-from-log", help="Write logged requests as a version's warmup file",
+        description="Write up to 1000 logged requests (request log TFRecords) as "
+                    "VERSION_DIR/assets.extra/tf_serving_warmup_requests, replayed when the version loads.",
+    )
+    warmup.add_argument("logs", nargs="+", help="request log files or globs (PREFIX*)")
+    warmup.add_argument("--saved_model_dir", required=True, help="the version directory to warm up")
+    warmup.add_argument("--model_name", default=None, help="only records logged for this model")
+    warmup.add_argument("--max_records", type=int, default=1000)
+    from ..deploy.arguments import add_arguments as deploy_arguments
+
+    deploy_arguments(commands.add_parser(
+        "deploy", help="Write Kubernetes or KServe manifests for the served models",
+        description="Write manifests (--target=kubernetes, kserve, kserve-runtime) to --output_dir; "
+                    "prints what does not carry over. See deploy/README.md.",
+    ))
     return parser
+
+
+def _warmup_from_log(args: argparse.Namespace) -> int:
+    from ..engine.request_log_warmup import write_warmup_from_logs
+
+    try:
+        count = write_warmup_from_logs(args.logs, args.saved_model_dir, model=args.model_name,
+                                       max_records=args.max_records)
+    except (OSError, ValueError) as error:
+        sys.stderr.write(f"warmup-from-log: {error}\n")
+        return 1
+    sys.stdout.write(f"wrote {count} warmup requests to {args.saved_model_dir}/assets.extra/"
+                     "tf_serving_warmup_requests\n")
+    return 0
 
 
 def _skip_optional_imports_of_tensorflow() -> None:
@@ -267,6 +297,13 @@ def _skip_optional_imports_of_tensorflow() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _skip_optional_imports_of_tensorflow()
+    if args.command == "warmup-from-log":
+        return _warmup_from_log(args)
+    if args.command == "deploy":
+        from ..deploy.cli import run as deploy
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        return deploy(args)
     if args.version:
         sys.stdout.write(version_text())
         return 0

@@ -1,0 +1,136 @@
+"""The real engine serving from a real S3 server (moto on 127.0.0.1): new versions go live under load."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from jupyter_tfserve.engine.errors import ServingError
+from jupyter_tfserve.server.control import PathPolicy
+from tests.helpers.models import write_tf2_half_plus
+from tests.helpers.server import free_port, write_models_config
+
+moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+boto3 = pytest.importorskip("boto3", reason="boto3 comes with moto[server]")
+
+
+@pytest.fixture
+def s3(tmp_path):
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint, "TFSERVE_REMOTE_CACHE": str(tmp_path / "cache")}
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    yield client, env
+    server.stop()
+
+
+def upload(client, local: Path, bucket: str, prefix: str) -> None:
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+
+
+def predict(server, model: str) -> tuple[float, int]:
+    response = server.post(f"/v1/models/{model}:predict", {"instances": [2.0]})
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"][0], int(response.headers["X-TFServe-Model-Version"])
+
+
+def test_a_model_in_s3_is_served_and_a_new_version_goes_live_with_no_failed_request(tmp_path, s3, start_server):
+    client, env = s3
+    client.create_bucket(Bucket="models")
+    write_tf2_half_plus(tmp_path / "local", 1, b=2.0)
+    upload(client, tmp_path / "local" / "1", "models", "half/1")
+    server = start_server("--model_base_path=s3://models/half", "--model_name=half", env=env)
+    server.wait_for_versions("half", {1})
+    assert predict(server, "half") == (3.0, 1)
+
+    failures: list[str] = []
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set() and len(seen) + len(failures) < 100_000:
+            try:
+                seen.add(predict(server, "half")[1])
+            except AssertionError as error:
+                failures.append(str(error))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        write_tf2_half_plus(tmp_path / "local", 2, b=10.0)
+        upload(client, tmp_path / "local" / "2", "models", "half/2")
+        server.wait_for_versions("half", {2}, timeout=90)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert failures == []
+    assert seen == {1, 2}
+    assert predict(server, "half") == (11.0, 2)
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    assert "2" in cached and not [name for name in cached if name.startswith(".tmp")]
+
+
+def test_a_missing_bucket_is_that_models_status_and_the_other_model_keeps_serving(tmp_path, s3, start_server):
+    _client, env = s3
+    write_tf2_half_plus(tmp_path / "local", 1, b=2.0)
+    config = write_models_config(tmp_path / "models.config",
+                                 {"local": tmp_path / "local", "lost": "s3://no-such-bucket/lost"})
+    server = start_server(f"--model_config_file={config}", env=env)
+    server.wait_for_versions("local", {1})
+
+    def lost_status() -> dict:
+        response = server.get("/v1/models/lost")
+        return response.json()["model_version_status"][0] if response.status_code == 200 else {}
+
+    server.wait_until(lambda: "no-such-bucket" in lost_status().get("status", {}).get("error_message", ""),
+                      60, "the missing bucket in the lost model's status")
+    status = lost_status()
+    assert status["state"] == "END" and status["status"]["error_code"] == "UNAVAILABLE"
+    assert "cannot read base path s3://no-such-bucket/lost" in status["status"]["error_message"]
+    assert predict(server, "local") == (3.0, 1)
+    assert server.process.poll() is None
+
+
+def test_remote_base_paths_are_accepted_only_under_an_allowed_prefix(tmp_path):
+    policy = PathPolicy(str(tmp_path), ["s3://team/models"])
+    assert policy.resolve("s3://team/models/half/") == "s3://team/models/half"
+    for refused in ("s3://team/modelsX/half", "s3://other/models/half", "s3://team/models/../secret",
+                    "gs://team/models/half", "s3://team/models//half", "s3://team/models/${HOME}"):
+        with pytest.raises(ServingError) as caught:
+            policy.resolve(refused)
+        assert caught.value.code.name == "PERMISSION_DENIED", refused
+    with pytest.raises(ServingError, match="allowed remote prefixes"):
+        PathPolicy(str(tmp_path), []).resolve("s3://team/models/half")
+    assert policy.resolve(str(tmp_path / "m")) == str(tmp_path / "m")
+
+
+def test_the_management_api_loads_from_an_allowed_bucket_prefix_only(tmp_path, s3, start_server):
+    client, env = s3
+    client.create_bucket(Bucket="team")
+    write_tf2_half_plus(tmp_path / "local", 1, b=2.0)
+    upload(client, tmp_path / "local" / "1", "team", "models/half/1")
+    management = free_port()
+    server = start_server("--require_auth", f"--management_port={management}",
+                          f"--model_repository_root={tmp_path / 'repo'}", "--allowed_model_path=s3://team/models",
+                          env={**env, "TFSERVE_ENGINE_SECRET": "secret"})
+    owner = {"X-TFServe-Engine-Secret": "secret"}
+    api = f"http://127.0.0.1:{management}/api/models"
+    refused = requests.post(api, json={"name": "other", "base_path": "s3://team/elsewhere/half"}, headers=owner,
+                            timeout=60)
+    assert refused.status_code == 403, refused.text
+    assert "outside the allowed remote prefixes" in refused.text
+    loaded = requests.post(api, json={"name": "half", "base_path": "s3://team/models/half"}, headers=owner,
+                           timeout=120)
+    assert loaded.status_code == 201, loaded.text
+    server.session.headers.update(owner)
+    server.wait_for_versions("half", {1})
+    assert predict(server, "half") == (3.0, 1)
