@@ -27,6 +27,7 @@ from .errors import Code, ServingError, invalid_argument
 from .loader import LoaderOptions, SessionOptions, load_servable
 from .manager import Handle, Manager, VersionStatus
 from .metrics import EngineMetrics
+from .request_log import RequestLogger
 from .routing import Router, Shadow, compare_outputs
 from .servable import Servable
 from .signature import DEFAULT_SIGNATURE, SignatureSpec
@@ -97,10 +98,12 @@ class Engine:
         self.router = Router()
         self.windows = LatencyWindows()
         self._shadow_tasks: set[asyncio.Task] = set()
+        self.request_log = RequestLogger(self.metrics.registry)
         self.manager = Manager(
             self._load_version,
             self._on_unload,
             allow_version_labels_for_unavailable_models=self.options.allow_version_labels_for_unavailable_models,
+            on_config=self.request_log.configure,
         )
         cores = os.cpu_count() or 1
         self._load_executor = concurrent.futures.ThreadPoolExecutor(
@@ -127,6 +130,7 @@ class Engine:
         self._schedulers.clear()
         self._load_executor.shutdown(wait=False, cancel_futures=True)
         self._request_executor.shutdown(wait=False, cancel_futures=True)
+        self.request_log.close()
 
     async def reload_config(self, config: ModelServerConfig) -> None:
         await self.manager.set_config(config, check_labels=True)
@@ -247,6 +251,7 @@ class Engine:
                 inputs = decode(signature)
                 output_keys = _select_outputs(signature, output_filter)
                 outputs = await self._run(servable, signature, inputs, output_keys)
+            self.request_log.record_predict(target.name, version, signature.name, inputs, output_filter, outputs)
             if target.version is None and target.label is None:
                 self._maybe_shadow(target, decode, version, outputs)
             return Answer(target.name, version, signature.name, outputs=outputs)
@@ -369,6 +374,7 @@ class Engine:
                 method = servable.classify if api == "classify" else servable.regress
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(self._request_executor, method, signature, examples)
+                self.request_log.record_examples(api, target.name, handle.version, signature.name, examples, results)
                 return Answer(target.name, handle.version, signature.name, results=results)
         except ServingError as error:
             status = error.code

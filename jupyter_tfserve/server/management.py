@@ -109,6 +109,11 @@ class BatchingHandler(_ManagementHandler):
         await self.answer(lambda: self.control.set_batching(name, self.body()))
 
 
+class LoggingHandler(_ManagementHandler):
+    async def put(self, name: str) -> None:
+        await self.answer(lambda: self.control.set_logging(name, self.body()))
+
+
 class RoutingHandler(_ManagementHandler):
     async def put(self, name: str) -> None:
         await self.answer(lambda: self.control.set_routing(name, self.body()))
@@ -169,6 +174,7 @@ def make_management_app(control: Control, auth: Authenticator) -> tornado.web.Ap
         (rf"/api/models/{name}/labels/?", LabelsHandler, options),
         (rf"/api/models/{name}/batching/?", BatchingHandler, options),
         (rf"/api/models/{name}/routing/?", RoutingHandler, options),
+        (rf"/api/models/{name}/logging/?", LoggingHandler, options),
         (rf"/api/models/{name}/promote/?", PromoteHandler, options),
         (rf"/api/models/{name}/windows/?", WindowsHandler, options),
         (rf"/api/models/{name}/poll/?", PollHandler, options),
