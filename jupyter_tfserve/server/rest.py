@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import Any
 
 import tornado.web
 from google.protobuf import json_format
@@ -432,6 +433,7 @@ def make_app(
     auth: Authenticator | None = None,
     decode_limits: DecodeLimits | None = None,
     decode_workers: int = 2,
+    control: Any = None,
 ) -> tornado.web.Application:
     """The REST application; ``decode_workers`` processes (0: none, decode inline) take large :predict bodies."""
     decode_limits = decode_limits or DecodeLimits()
@@ -453,5 +455,5 @@ def make_app(
         routes.insert(0, (re.escape(metrics_path), MetricsHandler, options))
     return tornado.web.Application(
         routes, default_handler_class=NotFoundHandler, default_handler_args=options, compress_response=False,
-        decoders=decoders,
+        decoders=decoders, control=control,  # control: the management API, for V2's repository load/unload
     )

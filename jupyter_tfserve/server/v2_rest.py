@@ -17,15 +17,15 @@ import orjson
 
 from ..engine.codecs import v2
 from ..engine.codecs.json_encode import encode_json
-from ..engine.engine import Target
-from ..engine.errors import ServingError, invalid_argument, not_found
+from ..engine.engine import LOAD_WAIT_SECONDS, Target
+from ..engine.errors import Code, ServingError, invalid_argument, not_found
 from ..wire import ROUTE_KEY_HEADER, VERSION_HEADER
 from .rest import _VERSION, ModelHandler, _OwnerOnly
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ["binary_tensor_data", "model_repository_index"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 _V2_MODEL_PATH = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?:/(?P<verb>ready|infer))?/?$"
 )
@@ -74,6 +74,32 @@ class V2ServerHandler(_OwnerOnly):
         if not self.require_owner():
             return
         self.write_json(encode_json(repository_index(self.engine.manager)))
+
+
+class V2RepositoryModelHandler(_OwnerOnly):
+    """``POST /v2/repository/models/{name}/load|unload``: the owner's, mapped onto the management API.
+
+    Load adds the model from the engine's repository (``{name}`` under the repository root,
+    the path rule of the management API) and answers once its versions have settled; a model
+    already served is left as it is, as Triton answers a load of a loaded model. Unload
+    removes the model from the config, as ``DELETE /api/models/{name}`` does.
+    """
+
+    async def post(self, name: str, action: str) -> None:
+        if not self.require_owner():
+            return
+        control = self.application.settings.get("control")
+        try:
+            if control is None:
+                raise ServingError(Code.UNIMPLEMENTED, "this engine has no model repository to load from")
+            if action == "unload":
+                await control.unload(name)
+            elif not self.engine.manager.has_model(name):
+                await control.load_model({"name": name, "base_path": name, "wait_seconds": LOAD_WAIT_SECONDS})
+        except ServingError as error:
+            self.write_serving_error(error)
+            return
+        self.write_json(b"")
 
 
 class V2LiveHandler(_OwnerOnly):
@@ -200,5 +226,6 @@ def v2_routes(options: dict) -> list:
     return [
         (r"/v2/health/live/?", V2LiveHandler, options),
         (r"/v2(?:/health/ready|/repository/index)?/?", V2ServerHandler, options),
+        (r"/v2/repository/models/([^/]+)/(load|unload)/?", V2RepositoryModelHandler, options),
         (r"/v2/models/[^/]+.*", V2ModelHandler, options),
     ]

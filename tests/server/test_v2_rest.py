@@ -281,3 +281,53 @@ def test_every_datatype_round_trips_in_binary_and_json(tf_dtype):
         entries, _ = v2.encode_outputs({"t": array}, ["t"], set(), False)
         request = v2.parse_infer({"inputs": [{**entries[0], "name": "t"}]}, memoryview(b""))
         assert v2.decode_inputs(request, signature)["t"].tolist() == array.tolist()
+
+
+REPOSITORY_DRIVER = r'''
+import json, sys
+import numpy as np
+import tritonclient.http as http
+from tritonclient.utils import InferenceServerException
+
+client = http.InferenceServerClient(sys.argv[1])
+out = {"before": client.is_model_ready("tf2")}
+client.load_model("tf2")
+out["loaded"] = client.is_model_ready("tf2")
+x = http.InferInput("x", [2], "FP32")
+x.set_data_from_numpy(np.array([2, 4], dtype=np.float32))
+out["answer"] = client.infer("tf2", [x]).as_numpy("y").tolist()
+client.load_model("tf2")  # a loaded model: left as it is
+out["index"] = client.get_model_repository_index()
+client.unload_model("tf2")
+out["unloaded"] = client.is_model_ready("tf2")
+errors = {}
+calls = {"missing": lambda: client.load_model("nope"), "unload_missing": lambda: client.unload_model("nope")}
+for key, call in calls.items():
+    try:
+        call()
+        errors[key] = None
+    except InferenceServerException as error:
+        errors[key] = {"status": error.status(), "message": error.message()}
+out["errors"] = errors
+print(json.dumps(out))
+'''
+
+
+def test_tritonclient_loads_and_unloads_models_of_the_repository(tmp_path):
+    root = tmp_path / "repo"
+    write_tf2_half_plus(root / "tf2", 1)
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list {\n}\n")
+    server = ServerProcess([f"--model_config_file={config}", f"--model_repository_root={root}"],
+                           tmp_path / "server.log")
+    try:
+        server.wait_for_port()
+        out = run_driver(REPOSITORY_DRIVER, f"127.0.0.1:{server.rest_port}")
+    finally:
+        server.stop()
+    assert out["before"] is False and out["loaded"] is True and out["unloaded"] is False
+    assert out["answer"] == [3.0, 4.0]
+    assert [(e["name"], e["state"]) for e in out["index"]] == [("tf2", "READY")]
+    assert out["errors"]["missing"]["status"] == "404", out["errors"]
+    assert "nope does not exist" in out["errors"]["missing"]["message"]
+    assert out["errors"]["unload_missing"]["status"] == "404", out["errors"]
