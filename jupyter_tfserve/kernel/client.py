@@ -14,12 +14,15 @@ APIs: the management API and TF Serving's REST API.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -65,18 +68,39 @@ def _private_connection(info: private_engine.PrivateEngineInfo) -> Connection:
                       headers={ENGINE_SECRET_HEADER: info.secret})
 
 
+def _runtime_dir() -> Path:
+    """Jupyter's runtime directory, where each server writes ``jpserver-<pid>.json``."""
+    if os.environ.get("JUPYTER_RUNTIME_DIR"):
+        return Path(os.environ["JUPYTER_RUNTIME_DIR"])
+    from jupyter_core.paths import jupyter_runtime_dir  # 30 ms, where jupyter_server's list takes seconds
+
+    return Path(jupyter_runtime_dir())
+
+
 def find_jupyter_server() -> dict | None:
-    """The running Jupyter server this kernel belongs to, from its ``JPY_PARENT_PID``, or None."""
+    """The running Jupyter server this kernel belongs to, from its ``JPY_PARENT_PID``, or None.
+
+    Read from the server's own ``jpserver-<pid>.json`` in the runtime directory rather
+    than with ``jupyter_server.serverapp.list_running_servers``: importing jupyter_server
+    costs about 2 s of a fresh kernel's first ``%tfserve`` call. The file is written
+    by the server at start and removed at exit; its parent being alive is what
+    ``list_running_servers`` would check.
+    """
     parent = os.getppid() if sys.platform == "win32" else os.environ.get("JPY_PARENT_PID")
-    if not parent:
+    if not parent or not (parent.isascii() and parent.isdigit()):
         return None
+    parent_pid = int(parent)
     try:
-        parent_pid = int(parent)
-        from jupyter_server.serverapp import list_running_servers
-    except (ValueError, ImportError):
+        runtime = _runtime_dir()
+        candidates = [runtime / f"jpserver-{parent_pid}.json", *sorted(runtime.glob("jpserver-*.json"))]
+    except (ImportError, OSError):
         return None
-    for server in list_running_servers():
-        if server.get("pid") == parent_pid:
+    for path in candidates:
+        try:
+            server = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(server, dict) and server.get("pid") == parent_pid and server.get("url"):
             return server
     return None
 
@@ -151,6 +175,26 @@ def _as_arrays(predictions: Any) -> Any:
     if isinstance(predictions, dict):
         return {key: np.asarray(value) for key, value in predictions.items()}
     return np.asarray(predictions)
+
+
+SHAPE_HINT = re.compile(
+    r"\s*\(((?:input '[^']*' has shape \[[^\]]*\] but the signature declares \[[^\]]*\](?:; )?)+)\)\s*$")
+
+GRAPH_NODE = re.compile(r"\[\[\{\{node [^}]*\}\}\]\]")
+
+
+def useful_first(message: str) -> str:
+    """The engine's shape hint ahead of TensorFlow's own words, which name graph nodes, not inputs.
+
+    The engine answers as TF Serving does (TensorFlow's error first) and appends
+    ``(input 'x' has shape [3, 10] but the signature declares [-1, 64])``; in a notebook
+    the sentence about the user's own data is the one to read first.
+    """
+    match = SHAPE_HINT.search(message)
+    if not match:
+        return message
+    tensorflow_says = " ".join(GRAPH_NODE.sub("", message[:match.start()]).split())  # one line, no node names
+    return f"{match.group(1)} (TensorFlow: {tensorflow_says})" if tensorflow_says else match.group(1)
 
 
 @dataclass
@@ -298,6 +342,22 @@ class TFServeClient:
     def clear_routing(self, name: str) -> dict:
         return self._api("DELETE", f"models/{quote(name)}/routing")
 
+    def set_logging(self, name: str, sampling_rate: float, *, filename_prefix: str | None = None) -> dict:
+        """Log a sample of ``name``'s requests (``sampling_rate`` 0 to 1; 0 turns it off) as ``PredictionLog``
+        TFRecords under ``filename_prefix`` (default: beside the engine's model config)."""
+        body: dict[str, Any] = {"sampling_rate": sampling_rate}
+        if filename_prefix is not None:
+            body["filename_prefix"] = filename_prefix
+        return self._api("PUT", f"models/{quote(name)}/logging", body)
+
+    def replay(self, log_files: Any, model: str, *, version: int | None = None, label: str | None = None,
+               limit: int | None = None, atol: float = 1e-6, rtol: float = 1e-5):
+        """Send logged requests to ``model`` at ``version``/``label``; a :class:`~.replay.ReplayResult` says where
+        the answers differ from the logged ones. ``log_files``: paths or globs (``prefix*``)."""
+        from .replay import replay
+
+        return replay(self, log_files, model, version=version, label=label, limit=limit, atol=atol, rtol=rtol)
+
     def windows(self, name: str, seconds: int = 60) -> dict:
         """Per version: requests, errors, p50/p95/p99 over the window and per second; split and shadow stats."""
         return self._api("GET", f"models/{quote(name)}/windows?seconds={int(seconds)}")
@@ -311,8 +371,6 @@ class TFServeClient:
 
     async def _api_async(self, path: str) -> Any:
         """A GET on the management API from the kernel's event loop; errors as :class:`TFServeError`."""
-        import json
-
         client = tornado.httpclient.AsyncHTTPClient()
         try:
             response = await client.fetch(self.connection.api_url + path, headers=self.connection.headers,
@@ -378,7 +436,10 @@ class TFServeClient:
         response = self._request("POST", "serving", self._model_path(name, version, label) + ":predict", json=body,
                                  headers=headers)
         latency_ms = (time.perf_counter() - started) * 1000
-        answer = self._answer(response)
+        try:
+            answer = self._answer(response)
+        except TFServeError as error:
+            raise TFServeError(useful_first(error.message), error.status) from None
         outputs = answer.get("predictions", answer.get("outputs"))
         return Prediction(_as_arrays(outputs), response.headers.get(VERSION_HEADER), latency_ms)
 

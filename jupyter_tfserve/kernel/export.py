@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,17 @@ class ExportResult:
     seconds: float
     predict_url: str
     labels: dict
+    stale_labels: dict = field(default_factory=dict)  # label -> the version it was on, no longer AVAILABLE
 
     def __str__(self) -> str:
-        return (f"{self.name} version {self.version} is AVAILABLE ({self.seconds:.1f} s): "
-                f"POST {self.predict_url}")
+        text = f"{self.name} version {self.version} is AVAILABLE ({self.seconds:.1f} s): POST {self.predict_url}"
+        for key, value in sorted(self.stale_labels.items()):
+            if self.labels.get(key) == value:
+                where = "it still points there: requests to it fail until you move it (export with --label)"
+            else:
+                where = f"moved to version {self.labels[key]}" if key in self.labels else "removed"
+            text += f"\nlabel {key!r} was on version {value}, which is no longer AVAILABLE; {where}"
+        return text
 
 
 def _make_owner_only(tree: Path) -> None:
@@ -157,6 +164,22 @@ def _served_versions(description: dict) -> dict[int, dict]:
     return {int(status["version"]): status for status in description["model_version_status"]}
 
 
+def _kept_available(description: dict) -> set[int]:
+    """The AVAILABLE versions the policy keeps: with "latest N", not those the new version is pushing out.
+
+    Right after an export the oldest version may still be AVAILABLE while it unloads;
+    a label put on it now would be refused a moment later, or left on an END version.
+    """
+    versions = _served_versions(description)
+    available = {v for v, status in versions.items() if status["state"] == "AVAILABLE"}
+    words = str(description.get("version_policy", "")).split()
+    if words[:1] == ["latest"]:
+        count = int(words[1]) if len(words) > 1 and words[1].isascii() and words[1].isdigit() else 1
+        live = sorted((v for v, status in versions.items() if status["state"] != "END"), reverse=True)
+        available &= set(live[:count])
+    return available
+
+
 def _wait_available(client: TFServeClient, name: str, version: int, seconds: float,
                     progress: Callable[[str], None]) -> dict:
     deadline = time.monotonic() + seconds
@@ -191,6 +214,7 @@ def export_model(client: TFServeClient, model: Any, name: str, *, label: str | N
     started = time.perf_counter()
     served = client.find_model(name)
     base = Path(served["base_path"]) if served else Path(client.model_repository_root()) / name
+    created = not base.exists()
     make_private_dirs(base)
     version = max(next_version(base), max(_served_versions(served), default=0) + 1 if served else 1)
     report(f"saving version {version} to {base}")
@@ -205,6 +229,11 @@ def export_model(client: TFServeClient, model: Any, name: str, *, label: str | N
         os.rename(staging, base / str(version))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            # The model folder was made for this export: a failed one leaves nothing behind (an empty
+            # folder would be taken for a model with no versions at the next export or load).
+            with contextlib.suppress(OSError):
+                base.rmdir()
         raise
     report(f"published {base / str(version)}; loading")
     if served is None:
@@ -217,15 +246,20 @@ def export_model(client: TFServeClient, model: Any, name: str, *, label: str | N
         client.poll(name)
     description = _wait_available(client, name, version, wait_seconds, report)
     labels = {key: int(value) for key, value in description.get("labels", {}).items()}
+    available = _kept_available(description)
+    stale = {key: value for key, value in labels.items() if value not in available}
     if label:
+        # Labels on versions the policy has since unloaded (a notebook run again) would make the engine
+        # refuse the whole set: they are dropped, and said so, before the new label is set.
+        labels = {key: value for key, value in labels.items() if value in available}
         if label != "stable" and "stable" not in labels:
-            previous = [v for v, status in _served_versions(description).items()
-                        if v != version and status["state"] == "AVAILABLE"]
+            previous = [v for v in available if v != version]
             if previous:
                 labels["stable"] = max(previous)
         labels[label] = version
         labels = {k: int(v) for k, v in client.set_labels(name, labels, replace=True)["labels"].items()}
     seconds = time.perf_counter() - started
-    result = ExportResult(name, version, str(base / str(version)), seconds, client.predict_url(name), labels)
+    result = ExportResult(name, version, str(base / str(version)), seconds, client.predict_url(name), labels,
+                          stale)
     report(str(result))
     return result

@@ -8,6 +8,7 @@ errors. Bugs in this package still raise, so they get reported.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
@@ -136,6 +137,19 @@ def _parsers() -> dict[str, _Parser]:
     p.add_argument("name")
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                    help="max_batch_size=32 batch_timeout_micros=2000 ... ; 'off' turns batching off")
+
+    p = parsers["log"] = parser("log", "Log a sample of NAME's requests and answers (PredictionLog TFRecords).")
+    p.add_argument("name")
+    p.add_argument("--rate", type=float, required=True, help="fraction of requests logged, 0 to 1 (0: off)")
+    p.add_argument("--prefix", default=None, help="file name prefix (default: beside the engine's model config)")
+
+    p = parsers["replay"] = parser("replay", "Send logged requests to a version or label; compare the answers.")
+    p.add_argument("logs", help="log files, or a glob such as PREFIX*")
+    p.add_argument("name")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--version", type=int)
+    target.add_argument("--label")
+    p.add_argument("--limit", type=int, default=None, help="replay at most this many records")
 
     p = parsers["share"] = parser("share", "A share token for one model (or --revoke ID, --list).")
     p.add_argument("name", nargs="?")
@@ -279,9 +293,13 @@ class TFServeMagics(Magics):
         model = self._variable(args.model_var)
         warmup = self._variable(args.warmup) if args.warmup else None
         progress = _Progress(f"exporting {args.model_var} as {args.name}")
-        result = self.client.export(model, args.name, label=args.label, warmup=warmup, wait_seconds=args.wait,
-                                    progress=progress)
-        progress(f"version {result.version} AVAILABLE")
+        try:
+            result = self.client.export(model, args.name, label=args.label, warmup=warmup, wait_seconds=args.wait,
+                                        progress=progress)
+        except BaseException:
+            progress.clear()  # the error below says what happened; a progress line above it would be stale
+            raise
+        progress.clear()
         self._show(str(result))
         self._show(self._curl(args.name))
         return None
@@ -289,7 +307,8 @@ class TFServeMagics(Magics):
     def _curl(self, name: str) -> str:
         url = self.client.predict_url(name)
         if self.client.connection.kind == "jupyter":
-            return (f"curl -H \"Authorization: token $JUPYTER_TOKEN\" -d '{{\"instances\": [...]}}' {url}\n"
+            body = json.dumps({"instances": [example_instance(self.client, name)]})
+            return (f"curl -H \"Authorization: token $JUPYTER_TOKEN\" -d '{body}' {url}\n"
                     f"(JUPYTER_TOKEN: this server's token; for a teammate, %tfserve share {name})")
         return (f"This kernel's private engine needs a token for curl: %tfserve share {name} prints a curl "
                 f"command for {url}")
@@ -329,6 +348,25 @@ class TFServeMagics(Magics):
                 parameters[key] = _value(value)
             described = self.client.set_batching(args.name, **parameters)
         self._show(f"{args.name}: batching {described['batching'] or 'off'}")
+
+    def _do_log(self, args: argparse.Namespace) -> None:
+        if not 0 <= args.rate <= 1:
+            raise UsageError(f"--rate is a fraction from 0 to 1, got {args.rate}")
+        logging = self.client.set_logging(args.name, args.rate, filename_prefix=args.prefix)["logging"]
+        if logging is None:
+            self._show(f"{args.name}: request logging off")
+        else:
+            self._show(f"{args.name}: logging {logging['sampling_rate']:g} of requests to "
+                       f"{logging['filename_prefix']}*")
+
+    def _do_replay(self, args: argparse.Namespace) -> Any:
+        try:
+            result = self.client.replay(args.logs, args.name, version=args.version, label=args.label,
+                                        limit=args.limit)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+        self._show(result.summary())
+        return result
 
     def _do_share(self, args: argparse.Namespace) -> Any:
         client = self.client
@@ -380,6 +418,36 @@ class TFServeMagics(Magics):
                    f"models under {info.get('model_repository_root')}")
 
 
+EXAMPLE_VALUES = {"DT_STRING": "", "DT_BOOL": False, "DT_FLOAT": 0.0, "DT_DOUBLE": 0.0, "DT_HALF": 0.0,
+                  "DT_BFLOAT16": 0.0}
+EXAMPLE_MAX_VALUES = 4096  # a bigger input makes a curl line nobody pastes; "[...]" is then the honest answer
+
+
+def example_instance(client: TFServeClient, name: str) -> Any:
+    """One all-zeros instance shaped as the serving signature declares, so the printed curl runs as pasted."""
+    try:
+        signature = client.metadata(name)["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    except (TFServeError, KeyError, TypeError):
+        return "..."
+    instance: dict[str, Any] = {}
+    total = 0
+    for key, spec in signature.get("inputs", {}).items():
+        dims = [int(dim.get("size", -1)) for dim in spec.get("tensor_shape", {}).get("dim", [])][1:]
+        dims = [dim if dim > 0 else 1 for dim in dims]
+        value: Any = EXAMPLE_VALUES.get(spec.get("dtype"), 0)
+        count = 1
+        for dim in reversed(dims):
+            count *= dim
+            if count > EXAMPLE_MAX_VALUES:
+                return "..."
+            value = [value] * dim
+        total += count
+        instance[key] = value
+    if total > EXAMPLE_MAX_VALUES or not instance:
+        return "..."
+    return next(iter(instance.values())) if len(instance) == 1 else instance
+
+
 def share_instructions(record: dict, kind: str) -> str:
     """What a teammate needs: the URL, a curl command and a Python snippet, and how to revoke."""
     token, url = record["token"], record["url"]
@@ -423,6 +491,14 @@ class _Progress:
         if self._handle is not None:
             self._handle.update(self._pretty(text))
 
+    def clear(self) -> None:
+        """Empty the line once the work is done: the result (or the error) is printed below it instead."""
+        if self._handle is not None:
+            self._handle.update({"text/plain": ""}, raw=True)
+
 
 def load_ipython_extension(ipython) -> None:
+    from . import quiet
+
+    quiet.install()
     ipython.register_magics(TFServeMagics(ipython))

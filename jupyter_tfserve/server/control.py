@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..engine.batching_options import BatchingOptions
 from ..engine.config import (
@@ -31,6 +32,7 @@ from ..engine.engine import Engine
 from ..engine.errors import Code, ServingError, failed_precondition, invalid_argument, not_found
 from ..engine.routing import Shadow, parse_arm, parse_split
 from ..engine.source import VersionTrust
+from ..engine.storage import is_remote
 from .auth import Authenticator
 from .state import StateStore
 
@@ -72,14 +74,46 @@ class PathPolicy:
     """
 
     def __init__(self, root: str | None, allowed: list[str]) -> None:
-        self.roots = [Path(os.path.realpath(path)) for path in ([root] if root else []) + allowed if path]
+        self.remote = [path.rstrip("/") + "/" for path in allowed if path and is_remote(path)]
+        self.roots = [Path(os.path.realpath(path)) for path in ([root] if root else []) + allowed
+                      if path and not is_remote(path)]
         self.root = Path(root) if root else None
+        # Where request logs may be written besides the allowed folders: the engine's state directory
+        # (set by :class:`Control` from its config file). None: no such directory.
+        self.log_root: Path | None = None
+
+    def resolve_log_prefix(self, prefix: Any) -> str:
+        """A ``logging_config`` file prefix, allowed only under the state directory or an allowed folder.
+
+        A request log is a file the engine writes: without this rule, whoever may reload the
+        config (the management API, ``HandleReloadConfigRequest``) could have the engine write
+        files wherever its user can. An engine with no repository root is TF Serving, where the
+        config is the operator's own: the prefix passes unchanged.
+        """
+        if not isinstance(prefix, str) or not prefix.strip() or "\0" in prefix:
+            raise invalid_argument("'filename_prefix' must be a non-empty path")
+        if not self.roots and not self.remote:
+            return prefix
+        candidate = Path(prefix)
+        if not candidate.is_absolute() or ".." in candidate.parts:
+            raise ServingError(Code.PERMISSION_DENIED,
+                               f"a request log's filename_prefix must be an absolute path without '..': {prefix}")
+        resolved = Path(os.path.realpath(candidate.parent)) / candidate.name
+        allowed = [Path(os.path.realpath(self.log_root))] if self.log_root is not None else []
+        allowed += self.roots
+        if not any(root == resolved.parent or root in resolved.parents for root in allowed):
+            where = ", ".join(str(root) for root in allowed) or "nowhere"
+            raise ServingError(Code.PERMISSION_DENIED,
+                               f"a request log may be written only under {where}, not {prefix}")
+        return str(resolved)
 
     def resolve(self, base_path: Any) -> str:
         if not isinstance(base_path, str) or not base_path.strip():
             raise invalid_argument("'base_path' must be a non-empty string")
         if "\0" in base_path:
             raise invalid_argument("'base_path' must not contain NUL characters")
+        if is_remote(base_path):
+            return self._resolve_remote(base_path)
         if not self.roots:
             raise ServingError(Code.PERMISSION_DENIED,
                                "This engine was started without --model_repository_root: it loads no models on request")
@@ -104,6 +138,25 @@ class PathPolicy:
                                "served; rename the folder")
         return str(resolved)
 
+    def _resolve_remote(self, base_path: str) -> str:
+        """A URL is served only under an allowed remote prefix (``--allowed_model_path=s3://bucket/models``).
+
+        No resolution applies to a URL, so the check is on its segments: no ``..``, no
+        empty segment, no ``${VAR}``, and it must start with an allowed prefix as a whole segment.
+        """
+        parts = urlsplit(base_path)
+        segments = parts.path.strip("/").split("/")
+        if not parts.netloc or ".." in segments or "." in segments or "" in segments or parts.query or parts.fragment:
+            raise ServingError(Code.PERMISSION_DENIED, f"'base_path' {base_path} is not a plain bucket/folder URL")
+        if env_references(base_path):
+            raise ServingError(Code.PERMISSION_DENIED, f"'base_path' {base_path} holds a ${{...}} reference")
+        candidate = base_path.rstrip("/")
+        if not any((candidate + "/").startswith(prefix) for prefix in self.remote):
+            allowed = ", ".join(self.remote) or "none: give --allowed_model_path=s3://bucket/prefix"
+            raise ServingError(Code.PERMISSION_DENIED,
+                               f"'base_path' {base_path} is outside the allowed remote prefixes ({allowed})")
+        return candidate
+
     def version_trust(self) -> VersionTrust | None:
         """The rule for the version folders under served paths: none without a repository, as TF Serving.
 
@@ -122,16 +175,20 @@ class PathPolicy:
         can send back the config with one model more. An engine with no repository root
         is TF Serving, which serves whatever a reload names: the config passes unchanged.
         """
-        if not self.roots:
+        if not self.roots and not self.remote:
             return config
         served_paths = {model.base_path for model in served.model_config_list.config}
+        served_prefixes = {model.logging_config.log_collector_config.filename_prefix
+                           for model in served.model_config_list.config}
         checked = ModelServerConfig()
         checked.CopyFrom(config)
         for model in checked.model_config_list.config:
-            if model.base_path in served_paths:
-                continue
+            collector = model.logging_config.log_collector_config
             try:
-                model.base_path = self.resolve(model.base_path)
+                if model.base_path not in served_paths:
+                    model.base_path = self.resolve(model.base_path)
+                if collector.filename_prefix and collector.filename_prefix not in served_prefixes:
+                    collector.filename_prefix = self.resolve_log_prefix(collector.filename_prefix)
             except ServingError as error:
                 raise ServingError(error.code, f"model {model.name}: {error.message}") from None
         return checked
@@ -192,6 +249,8 @@ class Control:
         self.auth = auth
         self.paths = paths
         self.config_file = Path(config_file) if config_file else None
+        if self.config_file is not None:
+            paths.log_root = self.config_file.parent / "request_logs"
         self._on_config_written = on_config_written
         self._lock = asyncio.Lock()
 
@@ -219,6 +278,7 @@ class Control:
         options = self.engine.batching_options(name)
         description["batching"] = options.to_dict() if options is not None else None
         description["routing"] = self.engine.router.describe(name)
+        description["logging"] = self.engine.request_log.describe(name)
         return description
 
     def list_models(self) -> list[dict]:
@@ -240,6 +300,12 @@ class Control:
             raise invalid_argument(f"'name' must be 1-128 letters, digits, '.', '_' or '-', got {name!r}")
         model = ModelConfig(name=name, base_path=self.paths.resolve(body.get("base_path")),
                             model_platform="tensorflow")
+        if not is_remote(model.base_path) and not os.path.isdir(model.base_path):
+            # A remote path is listed off the loop by the source: a missing bucket is then the model's status.
+            # Checked before anything is registered: a missing folder would otherwise be a ghost model
+            # in models.config and a wait that ends in "no AVAILABLE version", never saying why.
+            raise not_found(f"Model base path {body.get('base_path')} does not exist (or is not a folder); "
+                            f"nothing was loaded as {name}")
         policy_from_json(body.get("version_policy"), model)
         for label, version in _mapping(body.get("labels") or {}, "'labels'").items():
             model.version_labels[self._label(label)] = _version_number(version, f"label {label}")
@@ -361,6 +427,36 @@ class Control:
         self.store.save_batching(name, options.to_dict() if options is not None else {"enabled": False})
         return self.describe(name)
 
+    async def set_logging(self, name: str, body: Any) -> dict:
+        """``{"sampling_rate": 0.1, "filename_prefix": ...}`` sets the model's ``logging_config`` (rate 0: off).
+
+        It goes into the model config like any other setting, so it survives a restart and a
+        config handed to TF Serving keeps it. The prefix defaults to ``request_logs/<name>/<name>``
+        beside the config file (the engine's state directory).
+        """
+        body = _mapping(body, "the request")
+        unknown = set(body) - {"sampling_rate", "filename_prefix"}
+        rate = body.get("sampling_rate")
+        if unknown or isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise invalid_argument("send {\"sampling_rate\": 0..1, \"filename_prefix\": optional path}")
+        prefix = body.get("filename_prefix")
+        if prefix is None and self.config_file is not None:
+            prefix = str(self.config_file.parent / "request_logs" / name / name)
+        if prefix is None:
+            raise invalid_argument("this engine has no config file to log beside: give 'filename_prefix'")
+        prefix = self.paths.resolve_log_prefix(prefix)
+        async with self._lock:
+            config = self.engine.manager.config
+            models = [model for model in config.model_config_list.config if model.name == name]
+            if not models:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            logging_config = models[0].logging_config
+            logging_config.log_collector_config.type = "file"
+            logging_config.log_collector_config.filename_prefix = prefix
+            logging_config.sampling_config.sampling_rate = float(rate)
+            await self._apply(config)
+        return self.describe(name)
+
     def _shadow(self, target: Any, tolerance: Any) -> Shadow:
         version, label = parse_arm(target)
         value = 1e-3 if tolerance is None else tolerance
@@ -386,6 +482,11 @@ class Control:
                 )
             if arm.label is not None and arm.label not in labels:
                 raise failed_precondition(f"Model {name} has no label {arm.label!r} (labels: {sorted(labels)})")
+            if arm.label is not None and labels[arm.label] not in available:
+                raise failed_precondition(
+                    f"Label {arm.label!r} of model {name} is on version {labels[arm.label]}, which is not AVAILABLE "
+                    f"(available: {sorted(available)}); move the label first"
+                )
         self.engine.router.set_split(name, split)
         self.engine.router.set_shadow(name, shadow)
         self.store.save_routing(name, split.to_json() if split else None, shadow.name if shadow else None,

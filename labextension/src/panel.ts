@@ -119,6 +119,12 @@ class ModelCard {
         const chip = element('span', 'jp-tfserve-label', label);
         chip.dataset.label = label;
         chip.title = `label "${label}" → version ${status.version}`;
+        if (status.state !== 'AVAILABLE') {
+          // A label on a version that cannot answer: requests to it fail, and splits on it are refused.
+          chip.classList.add('jp-mod-stale');
+          chip.textContent = `${label} ⚠`;
+          chip.title = `label "${label}" is on version ${status.version}, which is ${status.state}, not AVAILABLE: requests to it fail; move it`;
+        }
         row.appendChild(chip);
       }
       rows.push(row);
@@ -136,8 +142,9 @@ class ModelCard {
         element('span', 'jp-tfserve-version-state', 'not loaded')
       );
       for (const label of labels) {
-        const chip = element('span', 'jp-tfserve-label', label);
+        const chip = element('span', 'jp-tfserve-label jp-mod-stale', `${label} ⚠`);
         chip.dataset.label = label;
+        chip.title = `label "${label}" is on version ${version}, which is not loaded: requests to it fail; move it`;
         row.appendChild(chip);
       }
       rows.push(row);

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -133,15 +135,26 @@ def test_fresh_kernel_load_ext_export_and_curl(jupyter_server):
         expected = json.loads(setup.stdout)
         loaded = kernel.execute("%load_ext jupyter_tfserve")
         assert loaded.error is None and not loaded.stderr
+        started = time.perf_counter()
         exported = kernel.execute("%tfserve export model demo")
+        wall = time.perf_counter() - started
         assert exported.error is None and not exported.stderr, (exported.error, exported.stderr)
         assert "demo version 1 is AVAILABLE" in exported.stdout
+        durations = re.findall(r"\((\d+\.\d) s\)", exported.stdout)
+        assert len(durations) == 1, f"one duration is printed: {exported.stdout}"
+        # The first call finds the server from its jpserver-<pid>.json, not by importing jupyter_server (~2 s).
+        assert wall - float(durations[0]) <= 1.0, f"{wall:.1f} s in all for an export of {durations[0]} s"
         engine = kernel.execute("%tfserve engine")
         assert "jupyter engine (running)" in engine.stdout, "the kernel found its server, not a private engine"
     answer = subprocess.run(
         ["curl", "-sS", "-H", f"Authorization: token {jupyter_server.token}", "-d", '{"instances": [[1, 1, 1, 1]]}',
          f"{jupyter_server.url}tfserve/v1/models/demo:predict"], capture_output=True, text=True, timeout=60, check=True)
     np.testing.assert_allclose(json.loads(answer.stdout)["predictions"], expected, rtol=1e-5)
+    curl = next(line for line in exported.stdout.splitlines() if line.startswith("curl "))
+    assert "[...]" not in curl
+    pasted = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60, check=True,
+                            env={**os.environ, "JUPYTER_TOKEN": jupyter_server.token})
+    assert len(json.loads(pasted.stdout)["predictions"]) == 1, pasted.stdout
 
 
 def test_magics_on_a_private_engine(private_client, capsys):
