@@ -31,6 +31,7 @@ from .request_log import RequestLogger
 from .routing import Router, Shadow, compare_outputs
 from .servable import Servable
 from .signature import DEFAULT_SIGNATURE, SignatureSpec
+from .statistics import InferenceStatistics
 from .warmup import read_warmup_records, run_warmup, warmup_file
 from .windows import LatencyWindows
 
@@ -97,6 +98,7 @@ class Engine:
         self.metrics = EngineMetrics()
         self.router = Router()
         self.windows = LatencyWindows()
+        self.statistics = InferenceStatistics()
         self._shadow_tasks: set[asyncio.Task] = set()
         self.request_log = RequestLogger(self.metrics.registry)
         self.manager = Manager(
@@ -241,6 +243,7 @@ class Engine:
         started = time.perf_counter()
         status = Code.OK
         version = None
+        items = 0
         try:
             if self.manager.is_loading(target.name, target.version, target.label):
                 await self.manager.wait_for_load(target.name, target.version, target.label, LOAD_WAIT_SECONDS)
@@ -254,12 +257,16 @@ class Engine:
             self.request_log.record_predict(target.name, version, signature.name, inputs, output_filter, outputs)
             if target.version is None and target.label is None:
                 self._maybe_shadow(target, decode, version, outputs)
+            items = _batch_rows(inputs)
             return Answer(target.name, version, signature.name, outputs=outputs)
         except ServingError as error:
             status = error.code
             raise
+        except Exception:
+            status = Code.INTERNAL  # a failure that is not the client's is never counted as OK
+            raise
         finally:
-            self._record(target.name, version, "predict", entrypoint, status, started)
+            self._record(target.name, version, "predict", entrypoint, status, started, items)
 
     # -- shadow traffic --------------------------------------------------------------------------
 
@@ -364,6 +371,7 @@ class Engine:
         started = time.perf_counter()
         status = Code.OK
         version = None
+        items = 0
         try:
             if self.manager.is_loading(target.name, target.version, target.label):
                 await self.manager.wait_for_load(target.name, target.version, target.label, LOAD_WAIT_SECONDS)
@@ -375,12 +383,16 @@ class Engine:
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(self._request_executor, method, signature, examples)
                 self.request_log.record_examples(api, target.name, handle.version, signature.name, examples, results)
+                items = len(examples)
                 return Answer(target.name, handle.version, signature.name, results=results)
         except ServingError as error:
             status = error.code
             raise
+        except Exception:
+            status = Code.INTERNAL
+            raise
         finally:
-            self._record(target.name, version, api, entrypoint, status, started)
+            self._record(target.name, version, api, entrypoint, status, started, items)
 
     def metadata(self, target: Target, entrypoint: str = "REST") -> tuple[int, object]:
         """(version, SignatureDefMap) for GetModelMetadata."""
@@ -399,12 +411,21 @@ class Engine:
         return self.manager.status(target.name, target.version, target.label)
 
     def _record(
-        self, name: str, version: int | None, api: str, entrypoint: str, status: Code, started: float
+        self, name: str, version: int | None, api: str, entrypoint: str, status: Code, started: float,
+        items: int = 0,
     ) -> None:
         latency_us = (time.perf_counter() - started) * 1e6
         self.metrics.record_request(name, api, entrypoint, status.name, latency_us)
         if api != "GetModelMetadata" and status is not Code.NOT_FOUND:
             self.windows.record(name, version, latency_us / 1e3, status is Code.OK)
+            if version is not None:
+                self.statistics.record(name, version, status is Code.OK, int(latency_us * 1e3), items)
+
+
+def _batch_rows(inputs: dict[str, np.ndarray]) -> int:
+    """The items a request carried: its inputs' common first dimension (1 for unbatched inputs)."""
+    sizes = {array.shape[0] if array.ndim else 1 for array in inputs.values()}
+    return sizes.pop() if len(sizes) == 1 else 1
 
 
 def _batchable(inputs: dict[str, np.ndarray]) -> bool:

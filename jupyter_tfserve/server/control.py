@@ -355,6 +355,7 @@ class Control:
                 await self._apply(config)
                 self.engine.router.forget(name)
                 self.engine.windows.forget(name)
+                self.engine.statistics.forget(name)
                 self.store.save_routing(name, None, None, None)
                 self.store.save_batching(name, None)
                 log.info("management: model %s unloaded", name)

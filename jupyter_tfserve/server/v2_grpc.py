@@ -24,7 +24,7 @@ from ..engine.manager import State
 from .auth import Authenticator
 from .grpc_server import _abort, _authorize
 from .protos.inference_v2 import PACKAGE, SERVICE, message
-from .v2_rest import repository_index
+from .v2_rest import model_statistics, repository_index
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class InferenceService:
         except ServingError as error:
             await _abort(context, error, self.auth)
         return message("ServerMetadataResponse")(name="jupyter-tfserve", version=__version__,
-                                                 extensions=["model_repository_index"])
+                                                 extensions=["model_repository_index", "statistics"])
 
     async def ModelReady(self, request, context):
         try:
@@ -160,12 +160,29 @@ class InferenceService:
         return response
 
 
+    async def ModelStatistics(self, request, context):
+        try:
+            _authorize(self.auth, context, None, None)
+            answer = model_statistics(self.engine, request.name or None, request.version or None)
+        except ServingError as error:
+            await _abort(context, error, self.auth)
+        response = message("ModelStatisticsResponse")()
+        for entry in answer["model_stats"]:
+            stats = response.model_stats.add()
+            for key in ("name", "version", "last_inference", "inference_count", "execution_count"):
+                setattr(stats, key, entry[key])
+            for key, duration in entry["inference_stats"].items():
+                getattr(stats.inference_stats, key).count = duration["count"]
+                getattr(stats.inference_stats, key).ns = duration["ns"]
+        return response
+
+
 def add_inference_service(server: grpc.aio.Server, engine: Engine, auth: Authenticator | None) -> None:
     """Register the V2 service (its methods that the engine implements) on ``server``."""
     service = InferenceService(engine, auth)
     handlers = {}
     for name in ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelInfer",
-                 "RepositoryIndex"):
+                 "RepositoryIndex", "ModelStatistics"):
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             getattr(service, name), request_deserializer=message(f"{name}Request").FromString,
             response_serializer=message(f"{name}Response").SerializeToString)

@@ -25,7 +25,7 @@ from .rest import _VERSION, ModelHandler, _OwnerOnly
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 _V2_MODEL_PATH = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?:/(?P<verb>ready|infer))?/?$"
 )
@@ -47,6 +47,34 @@ def repository_index(manager) -> list[dict]:
                           "UNLOADING" if state == "UNLOADING" else "UNAVAILABLE",
                           "reason": status["status"].get("error_message", "")})
     return index
+
+
+def model_statistics(engine, name: str | None, version: str | None) -> dict:
+    """The statistics extension's answer: every served model, one model, or one of its versions."""
+    manager = engine.manager
+    if name is None:
+        versions = {model: manager.available_versions(model) for model in manager.model_names()}
+    else:
+        manager.require(name)
+        served = manager.available_versions(name)
+        if version is not None:
+            if not _VERSION.fullmatch(version) or int(version) not in served:
+                raise not_found(f"Version {version} of model {name} is not AVAILABLE (available: {served})")
+            served = [int(version)]
+        versions = {name: served}
+    return {"model_stats": engine.statistics.model_stats(versions)}
+
+
+class V2StatisticsHandler(_OwnerOnly):
+    """``GET /v2/models[/{name}[/versions/{version}]]/stats``: the owner's, since the engine started."""
+
+    def get(self, name: str | None = None, version: str | None = None) -> None:
+        if not self.require_owner():
+            return
+        try:
+            self.write_json(encode_json(model_statistics(self.engine, name, version)))
+        except ServingError as error:
+            self.write_serving_error(error)
 
 
 class _TooLarge(Exception):
@@ -227,5 +255,7 @@ def v2_routes(options: dict) -> list:
         (r"/v2/health/live/?", V2LiveHandler, options),
         (r"/v2(?:/health/ready|/repository/index)?/?", V2ServerHandler, options),
         (r"/v2/repository/models/([^/]+)/(load|unload)/?", V2RepositoryModelHandler, options),
+        (r"/v2/models/stats/?", V2StatisticsHandler, options),
+        (r"/v2/models/([^/]+)(?:/versions/([^/]+))?/stats/?", V2StatisticsHandler, options),
         (r"/v2/models/[^/]+.*", V2ModelHandler, options),
     ]

@@ -38,13 +38,15 @@ errors = {}
 for key, call in {"unknown_model": lambda: client.get_model_metadata("nope"),
                   "unknown_infer": lambda: client.infer("nope", [x]),
                   "wrong_input": lambda: client.infer("tf2", [text]),
-                  "stats": lambda: client.get_inference_statistics("tf2")}.items():
+                  "stats_unknown": lambda: client.get_inference_statistics("nope")}.items():
     try:
         call()
         errors[key] = None
     except InferenceServerException as error:
         errors[key] = {"status": error.status(), "message": error.message()}
 out["errors"] = errors
+out["stats"] = client.get_inference_statistics("tf2", as_json=True)
+out["all_stats"] = client.get_inference_statistics(as_json=True)
 print(json.dumps(out))
 '''
 
@@ -74,7 +76,15 @@ def test_tritonclient_grpc_drives_the_v2_service(v2_server):  # noqa: F811
     assert out["errors"]["unknown_infer"]["status"] == "StatusCode.NOT_FOUND"
     assert out["errors"]["wrong_input"]["status"] == "StatusCode.INVALID_ARGUMENT"
     assert "'text'" in out["errors"]["wrong_input"]["message"]
-    assert out["errors"]["stats"]["status"] == "StatusCode.UNIMPLEMENTED"
+    assert out["errors"]["stats_unknown"]["status"] == "StatusCode.NOT_FOUND"
+    (stats,) = out["stats"]["model_stats"]
+    assert stats["name"] == "tf2" and stats["version"] == "1"
+    inference = stats["inference_stats"]
+    assert int(inference["success"]["count"]) >= 2 and int(inference["success"]["ns"]) > 0  # the two infers above
+    assert int(inference["fail"]["count"]) >= 1  # the wrong input
+    assert int(stats["inference_count"]) >= 5  # 3 + 2 items
+    assert int(stats["last_inference"]) > 0
+    assert sorted(entry["name"] for entry in out["all_stats"]["model_stats"]) == ["tf1", "tf2"]
 
 
 def test_messages_carry_tritons_field_numbers():

@@ -67,6 +67,14 @@ for key, call in {"unknown_model": lambda: client.get_model_metadata("nope"),
         errors[key] = {"status": error.status(), "message": error.message()}
 out["errors"] = errors
 out["unknown_ready"] = client.is_model_ready("nope")
+out["stats"] = client.get_inference_statistics("tf2")
+out["version_stats"] = client.get_inference_statistics("tf2", model_version="1")
+out["all_stats"] = client.get_inference_statistics()
+try:
+    client.get_inference_statistics("tf2", model_version="7")
+    out["missing_version_stats"] = None
+except InferenceServerException as error:
+    out["missing_version_stats"] = error.status()
 print(json.dumps(out))
 '''
 
@@ -121,6 +129,16 @@ def test_tritonclient_http_drives_every_v2_endpoint(v2_server):
     assert out["errors"]["unknown_infer"]["status"] == "404"
     assert out["errors"]["wrong_input"]["status"] == "400"
     assert "'text'" in out["errors"]["wrong_input"]["message"]
+    assert {"model_repository", "statistics"} <= set(out["server"]["extensions"])
+    (stats,) = out["stats"]["model_stats"]
+    assert stats["name"] == "tf2" and stats["version"] == "1"
+    assert [(e["name"], e["version"]) for e in out["version_stats"]["model_stats"]] == [("tf2", "1")]
+    inference = stats["inference_stats"]
+    assert inference["success"]["count"] >= 4 and inference["success"]["ns"] > 0  # binary, JSON, gzip, strings
+    assert inference["fail"]["count"] >= 1  # the wrong input
+    assert stats["inference_count"] >= 3 + 3 + 2 + 2
+    assert sorted(entry["name"] for entry in out["all_stats"]["model_stats"]) == ["tf1", "tf2"]
+    assert out["missing_version_stats"] == "404"
 
 
 def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, dict]:
