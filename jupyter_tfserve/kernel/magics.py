@@ -448,6 +448,12 @@ def example_instance(client: TFServeClient, name: str) -> Any:
     return next(iter(instance.values())) if len(instance) == 1 else instance
 
 
+def v2_infer_url(predict_url: str, model: str) -> str:
+    """The KServe V2 infer URL beside a TF Serving predict URL (same door, same token)."""
+    tail = f"/v1/models/{model}:predict"
+    return predict_url[: -len(tail)] + f"/v2/models/{model}/infer" if predict_url.endswith(tail) else predict_url
+
+
 def share_instructions(record: dict, kind: str) -> str:
     """What a teammate needs: the URL, a curl command and a Python snippet, and how to revoke."""
     token, url = record["token"], record["url"]
@@ -457,6 +463,7 @@ def share_instructions(record: dict, kind: str) -> str:
         "It is shown once; it grants nothing else. Revoke it with: %tfserve share --revoke " + record["id"],
         "",
         f"URL:   {url}",
+        f"KServe V2 (tritonclient, KServe, MLServer): {v2_infer_url(url, record['model'])}",
         "",
         "curl:",
         f"  curl -H 'Authorization: Bearer {token}' -d '{{\"instances\": [...]}}' {url}",

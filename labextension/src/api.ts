@@ -96,6 +96,11 @@ export function predictUrl(model: string): string {
   return tfserveUrl(`v1/models/${encodeURIComponent(model)}:predict`);
 }
 
+/** The KServe V2 REST URL of a model's infer endpoint, beside TF Serving's (same door, same token). */
+export function v2InferUrl(model: string): string {
+  return tfserveUrl(`v2/models/${encodeURIComponent(model)}/infer`);
+}
+
 async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
   const connection = settings();
   const url = URLExt.join(connection.baseUrl, 'tfserve', path);

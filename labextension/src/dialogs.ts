@@ -130,7 +130,7 @@ function copyField(
 
 /** After the token is made: the URL, a curl command and the token, each to copy. */
 export class ShareResultBody extends Widget {
-  constructor(token: IShareToken, url: string, curl: string) {
+  constructor(token: IShareToken, url: string, curl: string, v2Url: string) {
     super();
     this.addClass('jp-tfserve-dialog');
     this.addClass('jp-tfserve-share-result');
@@ -144,6 +144,7 @@ export class ShareResultBody extends Widget {
           `valid until ${expires.toLocaleString()}. It is shown only now: copy it.`
       ),
       copyField('url', 'Predict URL', url),
+      copyField('v2url', 'KServe V2 infer URL', v2Url),
       copyField('curl', 'curl command', curl, true),
       copyField('token', 'Token', token.token)
     );

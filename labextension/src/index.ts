@@ -26,7 +26,8 @@ import {
   metadata,
   predictUrl,
   promote,
-  unload
+  unload,
+  v2InferUrl
 } from './api';
 import {
   PromoteBody,
@@ -258,7 +259,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const url = predictUrl(model.name);
         await showDialog({
           title: `Share ${model.name}`,
-          body: new ShareResultBody(token, url, curlCommand(url, token.token, body)),
+          body: new ShareResultBody(
+            token,
+            url,
+            curlCommand(url, token.token, body),
+            v2InferUrl(model.name)
+          ),
           buttons: [Dialog.okButton({ label: 'Close' })]
         });
       }

@@ -180,6 +180,15 @@ def test_panel_shows_models_latency_status_and_share(lab, page):
          "-d", '{"instances": [4.0]}', "-w", "\n%{http_code}", url], capture_output=True, text=True, timeout=30)
     body, code = plain.stdout.rsplit("\n", 1)
     assert code == "200" and json.loads(body) == {"predictions": [4.0]}, plain.stdout + plain.stderr
+    # The same token on the KServe V2 URL the dialog shows beside it.
+    v2_url = result.locator(".jp-tfserve-share-v2url").input_value()
+    assert v2_url == f"{lab.url}tfserve/v2/models/{MODEL}/infer"
+    declared = lab.owner.get(lab.url + f"tfserve/v2/models/{MODEL}", timeout=10).json()["inputs"][0]
+    shape = [1 if size == -1 else size for size in declared["shape"]]
+    inferred = requests.post(v2_url, headers={"Authorization": f"Bearer {token}"}, timeout=30, json={
+        "inputs": [{"name": declared["name"], "shape": shape, "datatype": "FP32", "data": [4.0]}]})
+    assert inferred.status_code == 200, inferred.text
+    assert inferred.json()["outputs"][0]["data"] == [4.0]
     # ... and opens nothing else: Jupyter's own API answers 403.
     contents = subprocess.run(
         ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Authorization: Bearer {token}",

@@ -104,6 +104,11 @@ def test_share_prints_what_a_teammate_pastes_and_revoke(shell, capsys, repositor
     answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(answer.stdout) == {"predictions": [3.0]}
     assert "requests.post(" in out
+    v2_url = re.search(r"KServe V2 .*: (\S+)", out).group(1)
+    assert v2_url == url.replace("/v1/models/hp_share:predict", "/v2/models/hp_share/infer")
+    inferred = requests.post(v2_url, headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                             json={"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [2.0]}]})
+    assert inferred.status_code == 200 and inferred.json()["outputs"][0]["data"] == [3.0], inferred.text
     token_id = re.search(r"--revoke (\w+)", out).group(1)
     _, out, _ = run(shell, capsys, "share --list")
     assert token_id in out and "active" in out
