@@ -6,7 +6,8 @@ Usage: .venv/bin/python benchmarks/serving_benchmark.py [--seconds 3] [--quick]
 Builds half_plus_two (TF Serving's, from ../shared when present), an MLP 784-512-512-10 and a small CNN on
 32x32x3 in a temporary directory, then measures on this machine:
   - the in-process limit: the signature called directly through the engine's session callable;
-  - jupyter-tfserve with batching off and on, over REST (wrk) and gRPC (grpc.aio client process);
+  - jupyter-tfserve with batching off and on, over REST (wrk) and gRPC (grpc.aio client process), and the MLP
+    over KServe V2 REST with binary tensors (wrk);
   - a hand-written FastAPI endpoint (uvicorn) that calls the model per request;
   - LitServe with its batching on;
   - the HTTP ceiling: a no-op tornado handler;
@@ -220,6 +221,15 @@ def rest_body(model: Model) -> bytes:
     return json.dumps({"instances": [model.instance.tolist()]}).encode()
 
 
+def v2_binary_body(model: Model) -> tuple[bytes, dict[str, str]]:
+    """A KServe V2 infer body with the binary tensor extension, as tritonclient sends it, and its header."""
+    data = np.ascontiguousarray(model.instance[None], dtype=np.float32)
+    header = json.dumps({"inputs": [{"name": model.input_name, "shape": list(data.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": data.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + data.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
 def run_wrk(url: str, body_file: Path, concurrency: int, seconds: float, headers: dict[str, str] | None = None) -> dict:
     threads = min(2, concurrency)
     header_args = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
@@ -272,17 +282,17 @@ def measure(load: dict, model: str, server: str, protocol: str, concurrency: int
 
 
 def rest_runs(server: Server, url: str, body: Path, model: str, seconds: float, *, warm_up: bool = True,
-              cpu: bool = False) -> list[Result]:
+              cpu: bool = False, protocol: str = "REST", headers: dict[str, str] | None = None) -> list[Result]:
     """One model over REST at every concurrency (after a short warm-up run)."""
     if warm_up:
-        run_wrk(url, body, 8, 1)
+        run_wrk(url, body, 8, 1, headers)
     results = []
     for concurrency in CONCURRENCY:
-        progress(f"{server.name} REST {model} c{concurrency}")
+        progress(f"{server.name} {protocol} {model} c{concurrency}")
         before = server.cpu_seconds() if cpu else None
-        load = run_wrk(url, body, concurrency, seconds)
+        load = run_wrk(url, body, concurrency, seconds, headers)
         used = server.cpu_seconds() - before if before is not None else None
-        results.append(measure(load, model, server.name, "REST", concurrency, used))
+        results.append(measure(load, model, server.name, protocol, concurrency, used))
     return results
 
 
@@ -419,6 +429,12 @@ def main() -> None:
                 for model in models:
                     url = f"http://127.0.0.1:{rest}/v1/models/{model.name}:predict"
                     results += rest_runs(server, url, root / f"{model.name}.json", model.name, seconds, cpu=True)
+                    if model.name == "mlp":  # KServe V2 with binary tensors, beside TF Serving's JSON
+                        v2_body, v2_headers = v2_binary_body(model)
+                        (root / f"{model.name}.v2").write_bytes(v2_body)
+                        results += rest_runs(server, f"http://127.0.0.1:{rest}/v2/models/{model.name}/infer",
+                                             root / f"{model.name}.v2", model.name, seconds, cpu=True,
+                                             protocol="V2", headers=v2_headers)
                     for concurrency in CONCURRENCY:
                         progress(f"{server.name} gRPC {model.name} c{concurrency}")
                         before = server.cpu_seconds()
