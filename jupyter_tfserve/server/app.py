@@ -218,7 +218,7 @@ class EngineServer:
                 response_tensor_content=bool(args.grpc_response_tensor_content
                                              or args.enable_serialization_as_tensor_content),
                 enable_profiler=bool(args.enable_profiler), paths=self.control.paths,
-                decode_limits=self.decode_limits,
+                decode_limits=self.decode_limits, control=self.control if args.model_repository_root else None,
             )
             listening = []
             for address in grpc_addresses:

@@ -400,7 +400,7 @@ def make_grpc_server(engine: Engine, auth: Authenticator | None = None, *,
                      channel_arguments: Sequence[ChannelArgument] = (),
                      response_tensor_content: bool = False, enable_profiler: bool = False,
                      paths: PathPolicy | None = None,
-                     decode_limits: DecodeLimits | None = None) -> grpc.aio.Server:
+                     decode_limits: DecodeLimits | None = None, control=None) -> grpc.aio.Server:
     interceptors = [RefuseBeforeReading(auth)] if auth is not None else []
     server = grpc.aio.server(options=server_options(channel_arguments), interceptors=interceptors)
     if enable_profiler:
@@ -410,5 +410,5 @@ def make_grpc_server(engine: Engine, auth: Authenticator | None = None, *,
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(engine, auth, paths), server)
     from .v2_grpc import add_inference_service  # here: v2_grpc builds on this module's helpers
 
-    add_inference_service(server, engine, auth)
+    add_inference_service(server, engine, auth, control)
     return server

@@ -24,7 +24,7 @@ from ..engine.manager import State
 from .auth import Authenticator
 from .grpc_server import _abort, _authorize
 from .protos.inference_v2 import PACKAGE, SERVICE, message
-from .v2_rest import model_statistics, repository_index
+from .v2_rest import model_statistics, repository_action, repository_index
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ def infer_request(request) -> v2.InferRequest:
 class InferenceService:
     """The V2 methods, each authorized as the REST door authorizes them (verbs of one model, or the owner)."""
 
-    def __init__(self, engine: Engine, auth: Authenticator | None) -> None:
+    def __init__(self, engine: Engine, auth: Authenticator | None, control=None) -> None:
         self.engine = engine
         self.auth = auth
+        self.control = control  # the management API, for the repository's load and unload
 
     async def ServerLive(self, request, context):
         return message("ServerLiveResponse")(live=True)
@@ -103,7 +104,7 @@ class InferenceService:
         except ServingError as error:
             await _abort(context, error, self.auth)
         return message("ServerMetadataResponse")(name="jupyter-tfserve", version=__version__,
-                                                 extensions=["model_repository_index", "statistics"])
+                                                 extensions=["model_repository", "statistics"])
 
     async def ModelReady(self, request, context):
         try:
@@ -177,12 +178,28 @@ class InferenceService:
         return response
 
 
-def add_inference_service(server: grpc.aio.Server, engine: Engine, auth: Authenticator | None) -> None:
-    """Register the V2 service (its methods that the engine implements) on ``server``."""
-    service = InferenceService(engine, auth)
+    async def RepositoryModelLoad(self, request, context):
+        return await self._repository(request, context, "load")
+
+    async def RepositoryModelUnload(self, request, context):
+        return await self._repository(request, context, "unload")
+
+    async def _repository(self, request, context, action: str):
+        try:
+            _authorize(self.auth, context, None, None)
+            await repository_action(self.control, self.engine, request.model_name, action)
+        except ServingError as error:
+            await _abort(context, error, self.auth)
+        return message(f"RepositoryModel{action.title()}Response")()
+
+
+def add_inference_service(server: grpc.aio.Server, engine: Engine, auth: Authenticator | None,
+                          control=None) -> None:
+    """Register the V2 service on ``server``."""
+    service = InferenceService(engine, auth, control)
     handlers = {}
     for name in ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelInfer",
-                 "RepositoryIndex", "ModelStatistics"):
+                 "RepositoryIndex", "ModelStatistics", "RepositoryModelLoad", "RepositoryModelUnload"):
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             getattr(service, name), request_deserializer=message(f"{name}Request").FromString,
             response_serializer=message(f"{name}Response").SerializeToString)

@@ -49,6 +49,17 @@ def repository_index(manager) -> list[dict]:
     return index
 
 
+async def repository_action(control, engine, name: str, action: str) -> None:
+    """The repository extension's load or unload of ``name``, through the management API (``control``)."""
+    if control is None:
+        raise ServingError(Code.UNIMPLEMENTED, "this engine has no model repository to load from "
+                                               "(start it with --model_repository_root)")
+    if action == "unload":
+        await control.unload(name)
+    elif not engine.manager.has_model(name):
+        await control.load_model({"name": name, "base_path": name, "wait_seconds": LOAD_WAIT_SECONDS})
+
+
 def model_statistics(engine, name: str | None, version: str | None) -> dict:
     """The statistics extension's answer: every served model, one model, or one of its versions."""
     manager = engine.manager
@@ -116,14 +127,8 @@ class V2RepositoryModelHandler(_OwnerOnly):
     async def post(self, name: str, action: str) -> None:
         if not self.require_owner():
             return
-        control = self.application.settings.get("control")
         try:
-            if control is None:
-                raise ServingError(Code.UNIMPLEMENTED, "this engine has no model repository to load from")
-            if action == "unload":
-                await control.unload(name)
-            elif not self.engine.manager.has_model(name):
-                await control.load_model({"name": name, "base_path": name, "wait_seconds": LOAD_WAIT_SECONDS})
+            await repository_action(self.application.settings.get("control"), self.engine, name, action)
         except ServingError as error:
             self.write_serving_error(error)
             return
