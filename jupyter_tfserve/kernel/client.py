@@ -282,6 +282,10 @@ class TFServeClient:
 
     # -- models ----------------------------------------------------------------------------------
 
+    def running_config(self) -> dict:
+        """``{"model_config": TF Serving's models.config text, "splits": {model: {version: percent}}}``."""
+        return self._api("GET", "config")
+
     def models(self) -> list[dict]:
         return self._api("GET", "models")["models"]
 

@@ -11,8 +11,10 @@ import argparse
 import json
 import re
 import shlex
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -150,6 +152,13 @@ def _parsers() -> dict[str, _Parser]:
     target.add_argument("--version", type=int)
     target.add_argument("--label")
     p.add_argument("--limit", type=int, default=None, help="replay at most this many records")
+
+    p = parsers["deploy"] = parser("deploy", "Write Kubernetes or KServe manifests for what this engine serves.")
+    p.add_argument("--target", required=True, help="kubernetes, kserve or kserve-runtime")
+    p.add_argument("--storage_uri", default="", help="rewrite each base path to URI/<model name>")
+    p.add_argument("--upload", action="store_true", help="copy the versions to --storage_uri")
+    p.add_argument("--output_dir", default="deploy-manifests", help="where the manifests go")
+    p.add_argument("--name", default="tfserve", help="name of the Kubernetes Deployment and Service")
 
     p = parsers["share"] = parser("share", "A share token for one model (or --revoke ID, --list).")
     p.add_argument("name", nargs="?")
@@ -367,6 +376,27 @@ class TFServeMagics(Magics):
             raise UsageError(str(error)) from None
         self._show(result.summary())
         return result
+
+    def _do_deploy(self, args: argparse.Namespace) -> None:
+        """The running config through ``jupyter tfserve deploy``, in its own process (it reads TF Serving's protos)."""
+        running = self.client.running_config()
+        output = Path(args.output_dir).expanduser()
+        output.mkdir(parents=True, exist_ok=True)
+        config_file = output / "running-models.config"
+        config_file.write_text(running["model_config"])
+        command = [sys.executable, "-m", "jupyter_tfserve", "deploy", f"--target={args.target}",
+                   f"--model_config_file={config_file}", f"--output_dir={output}", f"--name={args.name}"]
+        if args.storage_uri:
+            command.append(f"--storage_uri={args.storage_uri}")
+        if args.upload:
+            command.append("--upload")
+        for model, split in running["splits"].items():
+            command.append(f"--split={model}=" + ",".join(f"{v}:{p}" for v, p in split.items()))
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise UsageError(lines[-1] if lines else f"deploy failed (exit code {done.returncode})")
+        self._show("\n".join(part for part in (done.stdout.strip(), done.stderr.strip()) if part))
 
     def _do_share(self, args: argparse.Namespace) -> Any:
         client = self.client

@@ -281,6 +281,27 @@ class Control:
         description["logging"] = self.engine.request_log.describe(name)
         return description
 
+    def running_config(self) -> dict:
+        """The config the engine serves, in TF Serving's text format, and each split as version percentages.
+
+        What ``jupyter tfserve deploy`` needs to carry the notebook's setup to a cluster; a split
+        arm named by a label is given as the version the label points at now.
+        """
+        config = self.engine.manager.config
+        splits: dict[str, dict[str, int]] = {}
+        for model in config.model_config_list.config:
+            arms = self.engine.router.describe(model.name)["split"]
+            if not arms:
+                continue
+            labels = self.engine.manager.labels(model.name) if self.engine.manager.has_model(model.name) else {}
+            weights = {str(labels.get(arm, arm)): weight for arm, weight in arms.items()}
+            total = sum(weights.values()) or 1
+            percents = {version: round(100 * weight / total) for version, weight in weights.items()}
+            first = next(iter(percents))
+            percents[first] += 100 - sum(percents.values())  # rounding: the percentages add up to 100
+            splits[model.name] = percents
+        return {"model_config": format_model_server_config(config), "splits": splits}
+
     def list_models(self) -> list[dict]:
         models = []
         for name in self.engine.manager.model_names():

@@ -80,6 +80,11 @@ class ModelsHandler(_ManagementHandler):
         await self.answer(lambda: self.control.load_model(self.body()), status=201)
 
 
+class ConfigHandler(_ManagementHandler):
+    async def get(self) -> None:
+        await self.answer(self.control.running_config)
+
+
 class ModelHandler(_ManagementHandler):
     async def get(self, name: str) -> None:
         await self.answer(self.control.describe, name)
@@ -168,6 +173,7 @@ def make_management_app(control: Control, auth: Authenticator) -> tornado.web.Ap
     options = {"control": control, "auth": auth}
     name = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
     routes = [
+        (r"/api/config/?", ConfigHandler, options),
         (r"/api/models/?", ModelsHandler, options),
         (rf"/api/models/{name}/?", ModelHandler, options),
         (rf"/api/models/{name}/versions/([0-9]+)/?", VersionHandler, options),
