@@ -30,6 +30,13 @@ export interface IModel {
   labels: Record<string, string>;
   model_version_status: IVersionStatus[];
   batching: Record<string, unknown> | null;
+  /** The request log (logging_config), when the model is logging. */
+  logging?: {
+    sampling_rate: number;
+    filename_prefix: string;
+    records_written: number;
+    records_dropped: number;
+  } | null;
   routing: {
     split: Record<string, number> | null;
     shadow: { target: string } | null;

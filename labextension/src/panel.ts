@@ -171,6 +171,10 @@ class ModelCard {
     if (model.batching) {
       routing.push('batching on');
     }
+    if (model.logging) {
+      const rate = model.logging.sampling_rate * 100;
+      routing.push(`logging ${rate >= 1 ? rate.toFixed(0) : rate.toPrecision(1)}%`);
+    }
     this._routing.textContent = routing.join(' · ');
     this._routing.hidden = routing.length === 0;
 

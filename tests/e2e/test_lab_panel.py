@@ -122,6 +122,15 @@ def test_panel_shows_models_latency_status_and_share(lab, page):
     version.locator('.jp-tfserve-label[data-label="stable"]').wait_for(state="visible", timeout=15_000)
     assert lab.owner.get(lab.url + f"tfserve/api/models/{MODEL}", timeout=10).json()["labels"] == {"stable": "1"}
 
+    # A model that logs its requests says so, with the rate; turned off, the mention goes.
+    logging_url = lab.url + f"tfserve/api/models/{MODEL}/logging"
+    assert lab.owner.put(logging_url, json={"sampling_rate": 0.25}, timeout=30).status_code == 200
+    routing = card.locator(".jp-tfserve-routing")
+    routing.filter(has_text="logging 25%").wait_for(state="visible", timeout=15_000)
+    assert lab.owner.put(logging_url, json={"sampling_rate": 0}, timeout=30).status_code == 200
+    page.wait_for_function("() => !document.querySelector('.jp-tfserve-routing')?.textContent?.includes('logging')",
+                           timeout=15_000)
+
     # No predict yet: no latency figure. Then traffic, and the figure appears within a few refreshes.
     latency = card.locator(".jp-tfserve-latency")
     assert latency.get_attribute("data-p50") == "", latency.inner_text()
