@@ -123,6 +123,16 @@ class _Base(tornado.web.RequestHandler):
             return
         self._chunks.append(chunk)
 
+    def take_body(self) -> bytes | None:
+        """The admitted body, or None once a body past ``--max_request_body_bytes`` has been answered 413."""
+        body = b"".join(self._chunks)
+        self._chunks = []
+        if self._too_large:
+            self.write_error_json(
+                413, f"Request body of {self._size} bytes exceeds the limit of {self.max_body_bytes} bytes")
+            return None
+        return body
+
     def access(self) -> Access:
         """The caller's rights; raises UNAUTHENTICATED or PERMISSION_DENIED (as a ServingError)."""
         if self._caller is not None:
@@ -280,14 +290,10 @@ class ModelHandler(_Base):
         self.write_json(json_encode.encode_json(body))
 
     async def post(self) -> None:
-        body = b"".join(self._chunks)
-        self._chunks = []
+        body = self.take_body()
+        if body is None:
+            return
         try:
-            if self._too_large:
-                self.write_error_json(
-                    413, f"Request body of {self._size} bytes exceeds the limit of {self.max_body_bytes} bytes"
-                )
-                return
             verb, target = self._verb, self._target
             if verb == "predict" and self.decoders is not None and len(body) >= WORKER_MIN_BYTES:
                 answer = await self._with_timeout(self._predict_elsewhere(target, body))

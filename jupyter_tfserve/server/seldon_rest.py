@@ -50,13 +50,10 @@ class SeldonHandler(ModelHandler):
         self.finish(seldon.error_body(message))
 
     async def post(self) -> None:
-        body = b"".join(self._chunks)
-        self._chunks = []
+        body = self.take_body()
+        if body is None:
+            return
         try:
-            if self._too_large:
-                self.write_error_json(
-                    413, f"Request body of {self._size} bytes exceeds the limit of {self.max_body_bytes} bytes")
-                return
             request = seldon.parse_request(parse_json_body(body))
             target = Target(self._target.name, signature_name=request.signature_name)
             budget = DecodeBudget(self.decode_limits, len(body), body)

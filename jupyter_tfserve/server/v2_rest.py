@@ -191,13 +191,10 @@ class V2ModelHandler(ModelHandler):
                 "inputs": v2.tensor_metadata(signature.inputs), "outputs": v2.tensor_metadata(signature.outputs)}
 
     async def post(self) -> None:
-        body = b"".join(self._chunks)
-        self._chunks = []
+        body = self.take_body()
+        if body is None:
+            return
         try:
-            if self._too_large:
-                self.write_error_json(
-                    413, f"Request body of {self._size} bytes exceeds the limit of {self.max_body_bytes} bytes")
-                return
             request = self._parse(self._decompress(body))
             target = Target(self._target.name, self._target.version, None, request.signature_name)
             answer = await self._with_timeout(self.engine.predict(
