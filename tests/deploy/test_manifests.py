@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_the_readme_walk_through_runs_as_written_up_to_kubectl_apply(tmp_path):
     commands = re.findall(r"```bash\n(.*?)```", readme, re.S)
     script = "\n".join(block for block in commands if "kubectl" not in block and "docker" not in block)
     assert "jupyter tfserve deploy" in script
-    env_python = str(Path(REPO / ".venv" / "bin"))
+    env_python = str(Path(sys.executable).parent)  # the environment running the tests: its python, jupyter
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
                             text=True, timeout=240, env={"PATH": f"{env_python}:/usr/bin:/bin",
                                                          "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"})
