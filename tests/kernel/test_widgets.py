@@ -170,7 +170,10 @@ def test_ab_dashboard_defaults_to_stable_versus_canary(client, repository, half_
         assert isinstance(board, ABDashboard)
         assert (board.version_a.value, board.version_b.value) == (2, 1)
         assert board.promote_button.description == "Promote v1"
-        assert WIDGET_VIEW in board._repr_mimebundle_()
+        bundle = board._repr_mimebundle_()
+        assert WIDGET_VIEW in bundle
+        assert "<b>A/B: ab_labels</b>" in bundle["text/html"] and "Promote" not in bundle["text/html"]
+        assert "plotly-latest" not in bundle["text/html"] and len(bundle["text/html"]) < 200_000  # plotly.js: not in
         board.close()
         assert board._repr_mimebundle_() == {"text/plain": "<closed ABDashboard>"}
     finally:
@@ -274,12 +277,14 @@ def test_compare_versions_gives_exact_differences_for_half_plus_two(client, repo
     assert result.max_abs_difference == 1.0 and result.mean_abs_difference == 1.0
     assert result.argmax_agreement is None  # one value per instance: no score vector
     assert result.latencies_a_ms.shape == (3,) and result.latencies_b_ms.shape == (3,)  # 4 + 4 + 2
-    scatter, identity, latency_a, latency_b = result.figure.data
+    # 3 requests per version: percentiles in the table, no histogram of fractional counts
+    scatter, identity = result.figure.data
     assert list(scatter.x) == list(np.ravel(data / 2 + 2)) and list(scatter.y) == list(np.ravel(data / 2 + 3))
     assert identity.name == "y = x" and list(identity.x) == list(identity.y)
-    assert list(latency_a.x) == list(result.latencies_a_ms) and latency_b.name == "v2"
-    assert "max |B - A|" in result.widget.children[1].value
-    assert WIDGET_VIEW in result._repr_mimebundle_()
+    assert not result.latency_plotted and "only 3 requests: too few for a histogram" in result.widget.children[1].value
+    assert "max / mean |B - A|" in result.widget.children[1].value
+    bundle = result._repr_mimebundle_()
+    assert WIDGET_VIEW in bundle and "too few for a histogram" in bundle["text/html"]
     result.close()
     assert result.figure.comm is None
 
@@ -293,6 +298,36 @@ def test_comparison_result_argmax_agreement_on_score_vectors():
     assert result.max_abs_difference == pytest.approx(0.5)
     with pytest.raises(ValueError, match="different outputs"):
         ComparisonResult("m", 1, 2, {"a": scores_a}, {"b": scores_b}, np.ones(1), np.ones(1))
+
+
+def test_comparison_with_labels_scores_both_versions_and_lists_the_disagreements():
+    # 5 instances, 3 classes: A predicts 0 1 2 0 1, B predicts 0 1 2 2 0, the truth is 0 1 2 2 0
+    scores_a = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1], [0.1, 0.85, 0.05]],
+                        dtype=np.float32)
+    scores_b = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8], [0.5, 0.4, 0.1]],
+                        dtype=np.float32)
+    labels = np.array([0, 1, 2, 2, 0])
+    latencies = np.full(30, 2.0)
+    result = ComparisonResult("m", 1, 2, {"probs": scores_a}, {"probs": scores_b}, latencies, latencies,
+                              labels=labels)
+    assert result.accuracy_a == pytest.approx(0.6) and result.accuracy_b == pytest.approx(1.0)
+    assert list(result.disagreements) == [3, 4]  # largest |Δ| first: 0.7, then 0.45
+    assert result.confusion_a.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    assert result.confusion_b.tolist() == [[2, 0, 0], [0, 1, 0], [0, 0, 2]]
+    heatmap, latency_a, latency_b = result.figure.data  # 30 requests each: the histogram is drawn
+    assert heatmap.type == "heatmap"
+    assert np.asarray(heatmap.z).tolist() == [[1, -1, 0], [0, 0, 0], [-1, 0, 1]]  # B minus A
+    assert result.latency_plotted and latency_a.name == "v1 latency" and latency_b.name == "v2 latency"
+    table = result.disagreement_table()
+    assert "2 instances with different classes" in table and "0 (0.70) ✗" in table and "2 (0.80) ✓" in table
+    assert table.index("0 (0.70)") < table.index("1 (0.85)")
+    text = result.widget.children[1].value
+    assert "60.0 %" in text and "100.0 %" in text and "v2 by 40.0 points" in text
+    with pytest.raises(ValueError, match="labels has 3 entries for 5 instances"):
+        ComparisonResult("m", 1, 2, {"probs": scores_a}, {"probs": scores_b}, latencies, latencies, labels=[0, 1, 2])
+    with pytest.raises(ValueError, match="not a classifier"):
+        ComparisonResult("m", 1, 2, np.ones((5, 1)), np.ones((5, 1)), latencies, latencies, labels=labels)
+    result.close()
 
 
 def test_series_buffer_merges_overlapping_windows_and_stays_bounded():
@@ -352,9 +387,14 @@ def test_latency_monitor_on_a_private_engine(private_client, half_plus_versions)
     assert summary is not None
     assert sum(view.plot.trace("1", "req/s").y) == 20 and sum(view.plot.trace("2", "req/s").y) == 10
     for version in ("1", "2"):
-        expected = [p["p95_ms"] for p in summary["versions"][version]["series"] if p["p95_ms"] is not None]
-        assert points(view.plot.trace(version, "p95")) == expected
-    assert {trace.name for trace in view.figure.data} >= {"v1 p50", "v1 p95", "v1 p99", "v1 req/s", "v2 p50"}
+        expected = [p["p99_ms"] for p in summary["versions"][version]["series"] if p["p99_ms"] is not None]
+        assert points(view.plot.trace(version, "p99")) == expected
+    # two latency lines and one throughput line per version, each with a legend entry; p95 only on hover
+    names = [trace.name for trace in view.figure.data]
+    assert names == ["v1 p50", "v1 p99", "v1 req/s", "v2 p50", "v2 p99", "v2 req/s"]
+    assert all(trace.showlegend is not False for trace in view.figure.data)
+    assert view.figure.layout.legend.x > 1  # right of the plot, off the throughput chart's axis labels
+    assert "p95" in view.plot.trace("1", "p50").hovertemplate
     assert ">20<" in view.stats.value and ">10<" in view.stats.value
     view.close()
 

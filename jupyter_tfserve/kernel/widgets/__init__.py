@@ -48,7 +48,7 @@ def dashboard(client: TFServeClient, name: str | None = None, **options: Any) ->
 
 
 def monitor(client: TFServeClient, name: str, interval: float = 0.5, **options: Any) -> LatencyMonitor:
-    """Live p50/p95/p99 and req/s per version of any model."""
+    """Live p50/p99 lines (p95 in the table and on hover) and req/s per version of any model."""
     return LatencyMonitor(client, name, interval, **options)
 
 

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 TEMPLATE = "plotly_white"
 FIGURE_MARGIN = {"l": 50, "r": 20, "t": 40, "b": 40}
+# The legend to the right of the plot, top-aligned: below it, it sat on the x-axis tick labels of a subplot.
+LEGEND_RIGHT = {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top", "tracegroupgap": 4,
+                "font": {"size": 11}}
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 COLOR_A, COLOR_B = COLORS[0], COLORS[1]
 AVAILABLE = "AVAILABLE"
@@ -138,15 +141,19 @@ class View:
     def _on_close(self) -> None:
         """Subclasses cancel their tasks here (before the widgets go)."""
 
-    def _ipython_display_(self, **kwargs: Any) -> None:
-        from IPython.display import display
-
-        display(self.widget, **kwargs)
+    def static_html(self) -> str:
+        """What the view shows now, as self-contained HTML (subclasses add their tables and figures)."""
+        return self.status.widget.value
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        """The widget view, plus ``text/html`` of the state at display time.
+
+        A notebook saved without widget state (small: a FigureWidget's state carries its
+        JavaScript) shows that HTML where no kernel or widget manager renders the view.
+        """
         if self.closed or self.widget._repr_mimebundle_ is None:
             return {"text/plain": f"<closed {type(self).__name__}>"}
-        return self.widget._repr_mimebundle_(**kwargs)
+        return with_static_html(self.widget._repr_mimebundle_(**kwargs), self.static_html())
 
 
 def versions_by_state(description: dict) -> dict[int, str]:
@@ -193,3 +200,21 @@ def html_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
     head = "".join(f'<th style="{cell}">{escape(h)}</th>' for h in header)
     body = "".join("<tr>" + "".join(f'<td style="{cell}">{escape(c)}</td>' for c in row) + "</tr>" for row in rows)
     return f'<table style="{style}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+STATIC_NOTE = ("<div style='color:#777;font-size:11px'>static copy of the widget as it was displayed "
+               "(figures need plotly.js from its CDN; run the cell for the live view)</div>")
+
+
+def with_static_html(bundle: dict | None, static: str) -> dict:
+    """A widget's mime bundle with a ``text/html`` fallback beside its view."""
+    bundle = dict(bundle or {})
+    bundle["text/html"] = f"<div class='tfserve-static'>{static}{STATIC_NOTE}</div>"
+    return bundle
+
+
+def figure_html(figure: Any) -> str:
+    """A plotly figure as an HTML fragment that loads plotly.js from the CDN instead of embedding its 4 MB."""
+    import plotly.graph_objects as go
+
+    return go.Figure(figure).to_html(full_html=False, include_plotlyjs="cdn", default_width="100%")

@@ -25,6 +25,7 @@ from ._common import (
     arm_version,
     available_versions,
     escape,
+    figure_html,
     guarded,
     html_table,
     labels_of,
@@ -375,6 +376,15 @@ class ABDashboard(LiveView):
             with self.histogram.batch_update():
                 self.histogram.data[0].x, self.histogram.data[0].y = [], []
         self.routing_html.value = html_table(["routing", ""], rows)
+
+    def static_html(self) -> str:
+        """Title, versions, the side-by-side table, routing, the latency figure and (with a shadow) its histogram."""
+        parts = [self.widget.children[0].value, "<div>" + self.versions_html.value + "</div>",
+                 "<div style='display:flex;gap:24px;flex-wrap:wrap'>" + self.stats.value + self.routing_html.value
+                 + "</div>", figure_html(self.figure)]
+        if self.shadow_stats:
+            parts.append(figure_html(self.histogram))
+        return "".join(parts) + super().static_html()
 
     @property
     def agreement_rate(self) -> float | None:

@@ -20,11 +20,27 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..client import TFServeClient
-from ._common import COLORS, FIGURE_MARGIN, NO_VALUE, TEMPLATE, View, error_text, escape, html_table, ms, percent
+from ._common import (
+    COLORS,
+    FIGURE_MARGIN,
+    LEGEND_RIGHT,
+    NO_VALUE,
+    TEMPLATE,
+    View,
+    error_text,
+    escape,
+    figure_html,
+    html_table,
+    ms,
+    percent,
+)
 
 log = logging.getLogger(__name__)
 
 METRICS = (("p50_ms", "p50", "solid"), ("p95_ms", "p95", "dash"), ("p99_ms", "p99", "dot"))
+# Lines drawn per version: the median and the tail. p95 (in the tables and in p50's hover) would make a third line
+# per version, and with A, B and B's shadow nine lines crowded one chart.
+PLOTTED = (METRICS[0], METRICS[2])
 MAX_SERIES = 32  # version keys with a buffer; a model re-exported all day must not grow the widget without end
 ERROR_BACKOFF_SECONDS = 2.0
 # The event loop holds tasks only weakly: a dashboard displayed as a cell's value and never assigned must keep
@@ -85,7 +101,11 @@ class SeriesBuffer:
 
 
 class LatencyPlot:
-    """A FigureWidget: latency percentiles (ms) on top, throughput (req/s) below, one colour per version."""
+    """A FigureWidget: p50 and p99 (ms) on top, throughput (req/s) below, one colour per version.
+
+    The legend sits to the right, one group per version (p50, p99, req/s), so it covers
+    no axis labels and every line has an entry.
+    """
 
     def __init__(self, history_seconds: int = 600, height: int = 420, title: str = "") -> None:
         self.history_seconds = history_seconds
@@ -98,7 +118,7 @@ class LatencyPlot:
         self.figure = go.FigureWidget(figure)
         self.figure.update_layout(template=TEMPLATE, height=height, margin=FIGURE_MARGIN, uirevision="live",
                                   title={"text": title, "font": {"size": 14}} if title else None,
-                                  legend={"orientation": "h", "yanchor": "bottom", "y": -0.25, "x": 0})
+                                  legend=LEGEND_RIGHT, hovermode="x unified")
         self.figure.update_yaxes(title_text="ms", rangemode="tozero", row=1, col=1)
         self.figure.update_yaxes(title_text="req/s", rangemode="tozero", row=2, col=1)
 
@@ -129,14 +149,15 @@ class LatencyPlot:
             color = self.color(key, colors)
             shadow = key.endswith("shadow")
             opacity = 0.5 if shadow else 1.0
-            for _, short, dash in METRICS:
+            for _, short, dash in PLOTTED:
+                hover = "%{y:.2f} ms (p95 %{customdata:.2f} ms)" if short == "p50" else "%{y:.2f} ms"
                 self.figure.add_scatter(x=[], y=[], name=f"v{key} {short}", legendgroup=key, mode="lines",
                                         line={"color": color, "dash": dash, "width": 2 if short == "p50" else 1.3},
-                                        opacity=opacity, hovertemplate="%{y:.2f} ms", row=1, col=1)
+                                        opacity=opacity, hovertemplate=hover, row=1, col=1)
                 self.traces[(key, short)] = len(self.figure.data) - 1
             self.figure.add_scatter(x=[], y=[], name=f"v{key} req/s", legendgroup=key, mode="lines",
-                                    line={"color": color, "width": 2, "shape": "hv"}, opacity=opacity,
-                                    hovertemplate="%{y} req/s", showlegend=False, row=2, col=1)
+                                    line={"color": color, "width": 1.5, "shape": "hv"}, opacity=opacity,
+                                    hovertemplate="%{y} req/s", row=2, col=1)
             self.traces[(key, "req/s")] = len(self.figure.data) - 1
         self._keys = list(keys)
 
@@ -150,15 +171,16 @@ class LatencyPlot:
                 buffer = self.buffers.get(key)
                 columns = buffer.arrays(now) if buffer is not None else {"x": [], "requests": [],
                                                                          **{m: [] for m, _, _ in METRICS}}
-                for metric, short, _ in METRICS:
+                for metric, short, _ in PLOTTED:
                     trace = self.figure.data[self.traces[(key, short)]]
                     trace.x, trace.y = columns["x"], columns[metric]
+                    if short == "p50":
+                        trace.customdata = columns["p95_ms"]
                 trace = self.figure.data[self.traces[(key, "req/s")]]
                 trace.x, trace.y = columns["x"], columns["requests"]
 
     def trace(self, key: str, metric: str) -> Any:
-        """The trace of one version key (``"1"``, ``"2 shadow"``) and metric (``"p50"``, ``"p95"``, ``"p99"``,
-        ``"req/s"``)."""
+        """The trace of one version key (``"1"``, ``"2 shadow"``) and metric (``"p50"``, ``"p99"``, ``"req/s"``)."""
         return self.figure.data[self.traces[(key, metric)]]
 
 
@@ -302,7 +324,7 @@ class LiveView(View):
 
 
 class LatencyMonitor(LiveView):
-    """p50/p95/p99 (ms) and req/s per version of any model, live."""
+    """p50 and p99 (ms) and req/s per version of any model, live; the table adds p95 and errors."""
 
     def __init__(self, client: TFServeClient, name: str, interval: float = 0.5, *, window_seconds: int = 60,
                  history_seconds: int = 600, live: bool = True) -> None:
@@ -325,3 +347,6 @@ class LatencyMonitor(LiveView):
         shown = sorted(set(keys) | set(self.plot.buffers), key=version_sort_key)
         self.plot.draw(shown, summary.get("now"))
         self.stats.value = html_table(STATS_HEADER, stats_rows(versions, keys))
+
+    def static_html(self) -> str:
+        return self.title.value + self.stats.value + figure_html(self.figure) + super().static_html()
