@@ -432,7 +432,9 @@ class TFServeClient:
     def predict_detailed(self, name: str, data: Any, *, version: int | None = None, label: str | None = None,
                          signature_name: str | None = None, route_key: str | None = None) -> Prediction:
         """Like :meth:`predict`, with the version that answered (A/B splits) and the round-trip time."""
-        body: dict[str, Any] = {"instances": _as_json_data(data)}
+        # A dict of input arrays is TF Serving's columnar form ("inputs"); anything else is rows ("instances").
+        key = "inputs" if isinstance(data, Mapping) else "instances"
+        body: dict[str, Any] = {key: _as_json_data(data)}
         if signature_name:
             body["signature_name"] = signature_name
         headers = {ROUTE_KEY_HEADER: route_key} if route_key else None

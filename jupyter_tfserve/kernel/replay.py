@@ -110,6 +110,38 @@ def read_log(log_files: Any, limit: int | None = None) -> Iterator[Any]:
             yield record
 
 
+def logged_inputs(log_files: Any, model: str | None = None, limit: int | None = None) -> Any:
+    """The logged predict requests' inputs, stacked along the batch dimension: a data set for a comparison.
+
+    One input: its array (rows, as ``instances``); several: a dict of arrays (as ``inputs``).
+
+    Records of other models (when ``model`` is given), classify/regress records and requests
+    whose inputs do not stack with the first one's (another signature, another shape) are
+    skipped; what is left is exactly what the model was asked, in the order it was asked.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    columns: dict[str, list[Any]] = {}
+    for record in read_log(log_files):
+        if record.WhichOneof("log_type") != "predict_log":
+            continue
+        if model is not None and record.log_metadata.model_spec.name != model:
+            continue
+        arrays = {alias: tf.make_ndarray(proto) for alias, proto in record.predict_log.request.inputs.items()}
+        if columns and (set(arrays) != set(columns) or any(
+                arrays[alias].shape[1:] != columns[alias][0].shape[1:] for alias in arrays)):
+            continue
+        for alias, array in arrays.items():
+            columns.setdefault(alias, []).append(array if array.ndim else array[None])
+        if limit is not None and sum(len(a) for a in next(iter(columns.values()))) >= limit:
+            break
+    if not columns:
+        raise ValueError(f"no predict requests{f' of model {model}' if model else ''} in {log_files}")
+    stacked = {alias: np.concatenate(arrays)[:limit] for alias, arrays in columns.items()}
+    return next(iter(stacked.values())) if len(stacked) == 1 else stacked
+
+
 def replay(client: Any, log_files: Any, model: str, *, version: int | None = None, label: str | None = None,
            limit: int | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> ReplayResult:
     """Send each logged request to ``model`` (``version`` or ``label``, else what it serves now)."""

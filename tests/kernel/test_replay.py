@@ -10,6 +10,7 @@ import tensorflow as tf
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_tfserve.kernel.magics import TFServeMagics
+from jupyter_tfserve.kernel.widgets import compare_versions, request_log
 from tests.helpers.models import write_tf1_half_plus
 
 
@@ -44,6 +45,12 @@ def test_replay_reports_which_versions_answer_as_the_log_did(private_client, tmp
         assert client.model("ab")["logging"]["records_written"] == 7
         shell.run_line_magic("tfserve", "log ab --rate 0")  # the replays below are not to be logged
         assert "ab: request logging off" in capsys.readouterr().out
+
+        # The log as a comparison's data set: exactly the six logged predict inputs, in order.
+        compared = compare_versions(client, "ab", request_log(f"{prefix}*"), 1, 2, batch_size=4)
+        a, b = (np.asarray(outputs["y"] if isinstance(outputs, dict) else outputs).ravel()
+                for outputs in (compared.outputs_a, compared.outputs_b))
+        assert a.tolist() == [x / 2 + 2 for x in range(6)] and (b - a).tolist() == [1.0] * 6
 
         differs = client.replay(f"{prefix}*", "ab", version=2)
         assert differs.requests == 7 and differs.agreed == 0 and differs.errors == 0

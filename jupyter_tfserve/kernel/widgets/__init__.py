@@ -22,7 +22,7 @@ from typing import Any
 from ..client import TFServeClient
 from .ab import ABDashboard
 from .browser import ModelBrowser
-from .compare import ComparisonResult, compare_versions
+from .compare import ComparisonResult, RequestLog, compare_versions, request_log
 from .export_form import ExportForm
 from .live import LatencyMonitor
 
@@ -32,11 +32,13 @@ __all__ = [
     "ExportForm",
     "LatencyMonitor",
     "ModelBrowser",
+    "RequestLog",
     "browser",
     "compare_versions",
     "dashboard",
     "export_form",
     "monitor",
+    "request_log",
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as widgets
@@ -335,16 +336,38 @@ class ComparisonResult:
         return with_static_html(self.widget._repr_mimebundle_(**kwargs), self.static_html())
 
 
+@dataclass(frozen=True)
+class RequestLog:
+    """A request log as a comparison's data set: its files (or a glob), the model whose requests count."""
+
+    files: Any
+    model: str | None = None
+    limit: int | None = None
+
+
+def request_log(files: Any, model: str | None = None, limit: int | None = None) -> RequestLog:
+    """``compare_versions(client, "m", request_log("PREFIX*"), 1, 2)``: two versions on logged traffic."""
+    return RequestLog(files, model, limit)
+
+
 def compare_versions(client: TFServeClient, name: str, data: Any, version_a: int, version_b: int,
                      batch_size: int = 64, *, signature_name: str | None = None,
                      output: str | None = None, labels: Any = None) -> ComparisonResult:
-    """Predict ``data`` (an array, a list of instances, or a dict of input arrays) with both versions.
+    """Predict ``data`` (an array, a list of instances, a dict of input arrays, or ``request_log("PREFIX*")``)
+    with both versions.
+
+    ``data=request_log(...)`` takes the requests a model's request log recorded (what it was really
+    asked, see :func:`~jupyter_tfserve.kernel.replay.logged_inputs`) as the data set.
 
     Each batch goes to A then B, so both see the same conditions; one latency is
     recorded per request (batch). ``output`` picks the output plotted when there are
     several; ``labels`` (one true class per instance) adds accuracy, the confusion-matrix
     difference and the disagreements' true classes. Raises :class:`TFServeError` when a version does not answer.
     """
+    if isinstance(data, RequestLog):
+        from ..replay import logged_inputs
+
+        data = logged_inputs(data.files, data.model or name, data.limit)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if int(version_a) == int(version_b):
