@@ -28,7 +28,7 @@ from ..engine.config import (
     format_model_server_config,
     write_text_atomically,
 )
-from ..engine.engine import Engine
+from ..engine.engine import LOAD_WAIT_SECONDS, Engine
 from ..engine.errors import Code, ServingError, failed_precondition, invalid_argument, not_found
 from ..engine.routing import Shadow, parse_arm, parse_split
 from ..engine.source import VersionTrust
@@ -486,13 +486,19 @@ class Control:
             raise invalid_argument(f"'shadow_tolerance' must be a number >= 0, got {tolerance!r}")
         return Shadow(version, label, float(value))
 
-    def set_routing(self, name: str, body: Any) -> dict:
-        """``{"split": {"1": 90, "2": 10}, "shadow": "2"}``; ``{}`` turns both off."""
+    async def set_routing(self, name: str, body: Any) -> dict:
+        """``{"split": {"1": 90, "2": 10}, "shadow": "2"}``; ``{}`` turns both off.
+
+        A model still loading (just added, or restored after an engine restart) is waited for,
+        as a request for it is, so that its arms are judged on the versions it will serve.
+        """
         body = _mapping(body, "the request")
         unknown = set(body) - {"split", "shadow", "shadow_tolerance"}
         if unknown:
             raise invalid_argument(f"unknown field(s) {', '.join(sorted(unknown))} in routing request")
         self.engine.manager.require(name)
+        if self.engine.manager.is_loading(name):
+            await self.engine.manager.wait_for_load(name, timeout=LOAD_WAIT_SECONDS)
         split = parse_split(body["split"]) if body.get("split") is not None else None
         shadow = self._shadow(body["shadow"], body.get("shadow_tolerance")) if body.get("shadow") is not None else None
         available = set(self.engine.manager.available_versions(name))

@@ -119,6 +119,32 @@ def test_share_prints_what_a_teammate_pastes_and_revoke(shell, capsys, repositor
     run(shell, capsys, "unload hp_share")
 
 
+def test_deploy_writes_kserve_manifests_from_the_running_config(shell, capsys, jupyter_home, tmp_path):
+    import yaml
+
+    from tests.helpers.models import write_tf1_half_plus
+
+    base = jupyter_home / "models" / "ab_deploy"
+    write_tf1_half_plus(base, 1)
+    write_tf1_half_plus(base, 2, b=3.0)
+    _, out, err = run(shell, capsys, f"load ab_deploy {base} --policy all --label stable=1")
+    assert not err, err
+    _, _, err = run(shell, capsys, "ab ab_deploy --split stable=70,2=30")  # a label arm: its version now
+    assert not err
+    out_dir = tmp_path / "manifests"
+    _, out, err = run(shell, capsys, f"deploy --target kserve --storage_uri gs://bucket/models --output_dir {out_dir}")
+    assert not err, err
+    stable = yaml.safe_load((out_dir / "ab-deploy.yaml").read_text())
+    canary = yaml.safe_load((out_dir / "ab-deploy-canary.yaml").read_text())
+    assert stable["spec"]["predictor"]["model"]["storageUri"] == "gs://bucket/models/ab_deploy-v1"
+    assert canary["spec"]["predictor"]["model"]["storageUri"] == "gs://bucket/models/ab_deploy-v2"
+    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 30
+    assert "labels" in out and "not carried over" in out  # what cannot carry over is said, not dropped
+    _, _, err = run(shell, capsys, f"deploy --target helm --output_dir {out_dir}")
+    assert "helm" in err and "Traceback" not in err
+    run(shell, capsys, "unload ab_deploy")
+
+
 def test_parsers():
     assert parse_duration("2h") == 7200 and parse_duration("90") == 90 and parse_duration("1.5m") == 90
     assert parse_split("stable=90,canary=10") == {"stable": 90.0, "canary": 10.0}
@@ -184,27 +210,3 @@ def test_magics_on_a_private_engine(private_client, capsys):
     finally:
         InteractiveShell.clear_instance()
 
-
-def test_deploy_writes_kserve_manifests_from_the_running_config(shell, capsys, jupyter_home, tmp_path):
-    import yaml
-
-    from tests.helpers.models import write_tf1_half_plus
-
-    base = jupyter_home / "models" / "ab_deploy"
-    write_tf1_half_plus(base, 1)
-    write_tf1_half_plus(base, 2, b=3.0)
-    run(shell, capsys, f"load ab_deploy {base} --policy all --label stable=1")
-    _, _, err = run(shell, capsys, "ab ab_deploy --split stable=70,2=30")  # a label arm: its version now
-    assert not err
-    out_dir = tmp_path / "manifests"
-    _, out, err = run(shell, capsys, f"deploy --target kserve --storage_uri gs://bucket/models --output_dir {out_dir}")
-    assert not err, err
-    stable = yaml.safe_load((out_dir / "ab-deploy.yaml").read_text())
-    canary = yaml.safe_load((out_dir / "ab-deploy-canary.yaml").read_text())
-    assert stable["spec"]["predictor"]["model"]["storageUri"] == "gs://bucket/models/ab_deploy-v1"
-    assert canary["spec"]["predictor"]["model"]["storageUri"] == "gs://bucket/models/ab_deploy-v2"
-    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 30
-    assert "labels" in out and "not carried over" in out  # what cannot carry over is said, not dropped
-    _, _, err = run(shell, capsys, f"deploy --target helm --output_dir {out_dir}")
-    assert "helm" in err and "Traceback" not in err
-    run(shell, capsys, "unload ab_deploy")
