@@ -54,6 +54,18 @@ class Owner:
         return json.loads(response.body)["predictions"][0], int(response.headers["X-TFServe-Model-Version"])
 
 
+class Teammate:
+    """A share token's bearer: ``Authorization: Bearer`` and nothing else (no Jupyter token, no cookies)."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base, self.token, self.client = base, token, AsyncHTTPClient()
+
+    async def __call__(self, path: str, method: str = "GET", body=None, token: str | None = None):
+        return await self.client.fetch(self.base + path, method=method, body=body, raise_error=False,
+                                       headers={"Authorization": f"Bearer {token or self.token}"},
+                                       allow_nonstandard_methods=True)
+
+
 async def started(jp_fetch, jp_serverapp) -> Owner:
     """Start the extension (pytest-jupyter does not) and wait for its engine; not a fixture, so that it
     runs on the Jupyter server's own event loop."""
@@ -122,12 +134,7 @@ async def test_a_share_token_reaches_one_model_and_nothing_else(jp_fetch, jp_ser
     await load(owner, "other")
     code, created = await owner.api("POST", "tokens", {"model": "ab", "verbs": ["predict", "status"]})
     assert code == 201, created
-    base = f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
-    client = AsyncHTTPClient()
-
-    async def teammate(path: str, method: str = "GET", body=None, token: str = created["token"]):
-        return await client.fetch(base + path, method=method, body=body, raise_error=False,
-                                  headers={"Authorization": f"Bearer {token}"}, allow_nonstandard_methods=True)
+    teammate = Teammate(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", created["token"])
 
     predict = '{"instances": [2.0]}'
     answer = await teammate("tfserve/v1/models/ab:predict", "POST", predict)

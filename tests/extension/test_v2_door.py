@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 
-from tests.extension.test_management_and_sharing import jp_server_config, load, repository, started  # noqa: F401
+from tests.extension.test_management_and_sharing import (  # noqa: F401 - the fixtures, shared
+    Teammate,
+    jp_server_config,
+    load,
+    repository,
+    started,
+)
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -30,12 +35,7 @@ async def test_v2_through_jupyter_for_the_owner_and_a_share_token(jp_fetch, jp_s
 
     code, created = await owner.api("POST", "tokens", {"model": "ab", "verbs": ["predict", "metadata"]})
     assert code == 201, created
-    base = f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
-    client = AsyncHTTPClient()
-
-    async def teammate(path: str, method: str = "GET", body=None, token: str = created["token"]):
-        return await client.fetch(base + path, method=method, body=body, raise_error=False,
-                                  headers={"Authorization": f"Bearer {token}"}, allow_nonstandard_methods=True)
+    teammate = Teammate(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", created["token"])
 
     inferred = await teammate("tfserve/v2/models/ab/infer", "POST", INFER)
     assert inferred.code == 200, inferred.body

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from jupyter_tfserve.server.protos import inference_v2
-from tests.server.test_v2_rest import run_driver, v2_server  # noqa: F401 - the fixture, shared
+from tests.server.test_v2_rest import (  # noqa: F401 - the fixtures, shared
+    REPOSITORY_DRIVER,
+    repository_server,
+    run_driver,
+    v2_server,
+)
 
 GRPC_DRIVER = r'''
 import json, sys
@@ -124,45 +129,11 @@ def test_hostile_grpc_infer_requests_are_invalid_argument_and_the_server_keeps_s
         assert np.frombuffer(answer.raw_output_contents[0], "<f4").tolist() == [3.0, 4.0]
 
 
-GRPC_REPOSITORY_DRIVER = r'''
-import json, sys
-import numpy as np
-import tritonclient.grpc as g
-from tritonclient.utils import InferenceServerException
-
-client = g.InferenceServerClient(sys.argv[1])
-out = {"before": client.is_model_ready("tf2")}
-client.load_model("tf2")
-out["loaded"] = client.is_model_ready("tf2")
-x = g.InferInput("x", [2], "FP32")
-x.set_data_from_numpy(np.array([2, 4], dtype=np.float32))
-out["answer"] = client.infer("tf2", [x]).as_numpy("y").tolist()
-client.unload_model("tf2")
-out["unloaded"] = client.is_model_ready("tf2")
-try:
-    client.load_model("nope")
-    out["missing"] = None
-except InferenceServerException as error:
-    out["missing"] = {"status": error.status(), "message": error.message()}
-print(json.dumps(out))
-'''
-
-
-def test_tritonclient_grpc_loads_and_unloads_models_of_the_repository(tmp_path):
-    from tests.helpers.models import write_tf2_half_plus
-    from tests.helpers.server import ServerProcess
-
-    root = tmp_path / "repo"
-    write_tf2_half_plus(root / "tf2", 1)
-    config = tmp_path / "models.config"
-    config.write_text("model_config_list {\n}\n")
-    server = ServerProcess([f"--model_config_file={config}", f"--model_repository_root={root}"],
-                           tmp_path / "server.log")
-    try:
-        server.wait_for_port()
-        out = run_driver(GRPC_REPOSITORY_DRIVER, server.grpc_target)
-    finally:
-        server.stop()
+def test_tritonclient_grpc_loads_and_unloads_models_of_the_repository(repository_server):  # noqa: F811
+    out = run_driver(REPOSITORY_DRIVER, repository_server.grpc_target, "grpc")
     assert out["before"] is False and out["loaded"] is True and out["unloaded"] is False
     assert out["answer"] == [3.0, 4.0]
-    assert out["missing"]["status"] == "StatusCode.NOT_FOUND" and "does not exist" in out["missing"]["message"]
+    assert [(entry["name"], entry["state"]) for entry in out["index"]] == [("tf2", "READY")]
+    missing = out["errors"]["missing"]
+    assert missing["status"] == "StatusCode.NOT_FOUND" and "does not exist" in missing["message"]
+    assert out["errors"]["unload_missing"]["status"] == "StatusCode.NOT_FOUND"

@@ -100,10 +100,11 @@ def v2_server(tmp_path_factory):
         server.stop()
 
 
-def run_driver(script: str, target: str) -> dict:
+def run_driver(script: str, target: str, *arguments: str) -> dict:
     if not TRITON_PYTHON.exists():
         pytest.skip(f"tritonclient's virtual environment is not at {TRITON_PYTHON} (dev.sh makes it)")
-    done = subprocess.run([str(TRITON_PYTHON), "-c", script, target], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([str(TRITON_PYTHON), "-c", script, target, *arguments], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -302,20 +303,22 @@ def test_every_datatype_round_trips_in_binary_and_json(tf_dtype):
 
 
 REPOSITORY_DRIVER = r'''
-import json, sys
+import importlib, json, sys
 import numpy as np
-import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
-client = http.InferenceServerClient(sys.argv[1])
+protocol = sys.argv[2]  # "http" or "grpc": the same calls through either client
+triton = importlib.import_module("tritonclient." + protocol)
+client = triton.InferenceServerClient(sys.argv[1])
 out = {"before": client.is_model_ready("tf2")}
 client.load_model("tf2")
 out["loaded"] = client.is_model_ready("tf2")
-x = http.InferInput("x", [2], "FP32")
+x = triton.InferInput("x", [2], "FP32")
 x.set_data_from_numpy(np.array([2, 4], dtype=np.float32))
 out["answer"] = client.infer("tf2", [x]).as_numpy("y").tolist()
 client.load_model("tf2")  # a loaded model: left as it is
-out["index"] = client.get_model_repository_index()
+index = client.get_model_repository_index(**({"as_json": True} if protocol == "grpc" else {}))
+out["index"] = index["models"] if protocol == "grpc" else index
 client.unload_model("tf2")
 out["unloaded"] = client.is_model_ready("tf2")
 errors = {}
@@ -331,7 +334,9 @@ print(json.dumps(out))
 '''
 
 
-def test_tritonclient_loads_and_unloads_models_of_the_repository(tmp_path):
+@pytest.fixture
+def repository_server(tmp_path):
+    """An engine with a model repository (tf2 in it, not loaded) and an empty config: V2 load/unload's ground."""
     root = tmp_path / "repo"
     write_tf2_half_plus(root / "tf2", 1)
     config = tmp_path / "models.config"
@@ -340,9 +345,13 @@ def test_tritonclient_loads_and_unloads_models_of_the_repository(tmp_path):
                            tmp_path / "server.log")
     try:
         server.wait_for_port()
-        out = run_driver(REPOSITORY_DRIVER, f"127.0.0.1:{server.rest_port}")
+        yield server
     finally:
         server.stop()
+
+
+def test_tritonclient_loads_and_unloads_models_of_the_repository(repository_server):
+    out = run_driver(REPOSITORY_DRIVER, f"127.0.0.1:{repository_server.rest_port}", "http")
     assert out["before"] is False and out["loaded"] is True and out["unloaded"] is False
     assert out["answer"] == [3.0, 4.0]
     assert [(e["name"], e["state"]) for e in out["index"]] == [("tf2", "READY")]
