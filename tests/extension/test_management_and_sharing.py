@@ -210,9 +210,14 @@ def test_restarting_jupyter_restores_models_splits_and_tokens_and_tokens_stay_on
         bearer = {"Authorization": f"Bearer {token}"}
         again.wait_until(lambda: requests.post(predict_url, json={"instances": [2.0]}, headers=bearer,
                                                timeout=10).status_code == 200, what="ab to be served again")
-        described = again.owner.get(again.url + "tfserve/api/models/ab", timeout=30).json()
-        assert described["routing"]["split"] == {"1": 50.0, "2": 50.0}
-        assert {s["version"] for s in described["model_version_status"] if s["state"] == "AVAILABLE"} == {"1", "2"}
+
+        def available() -> set[str]:
+            described = again.owner.get(again.url + "tfserve/api/models/ab", timeout=30).json()
+            assert described["routing"]["split"] == {"1": 50.0, "2": 50.0}
+            return {s["version"] for s in described["model_version_status"] if s["state"] == "AVAILABLE"}
+
+        # Versions are restored one after the other: version 1 may answer while version 2 still loads.
+        again.wait_until(lambda: available() == {"1", "2"}, what="both versions of ab to be AVAILABLE again")
         versions = Counter(requests.post(predict_url, json={"instances": [2.0]}, headers=bearer, timeout=10)
                            .headers["X-TFServe-Model-Version"] for _ in range(40))
         assert set(versions) == {"1", "2"}, versions
