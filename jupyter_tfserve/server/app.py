@@ -31,6 +31,7 @@ from ..wire import ENGINE_SECRET_ENV
 from .auth import Authenticator
 from .control import Control, PathPolicy, allowed_model_paths
 from .grpc_server import ChannelArgumentError, make_grpc_server, parse_channel_arguments
+from .http_front import FrontDoor
 from .management import make_management_app
 from .rest import make_app
 from .state import StateStore
@@ -166,6 +167,8 @@ class EngineServer:
             self._grpc_channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
         except ChannelArgumentError as error:
             raise ServeError(str(error)) from None
+        if args.rest_http_layer not in ("httptools", "tornado"):
+            raise ServeError(f"--rest_http_layer must be httptools or tornado, not {args.rest_http_layer!r}")
         self.engine = Engine(engine_options(args))
         self.metrics_path = metrics_path(args)
         self.decode_limits = DecodeLimits(max_bytes=args.max_decoded_request_bytes,
@@ -184,7 +187,7 @@ class EngineServer:
             args.model_config_file or None, on_config_written=self._config_written,
         )
         set_version_trust(self.control.paths.version_trust())
-        self._http: tornado.httpserver.HTTPServer | None = None
+        self._http: tornado.httpserver.HTTPServer | FrontDoor | None = None
         self._decoders = None  # the REST app's decoding workers, stopped with it
         self._management: tornado.httpserver.HTTPServer | None = None
         self._grpc = None
@@ -201,11 +204,15 @@ class EngineServer:
                            control=self.control if args.model_repository_root else None)
             add_identity_route(app, self._secret)
             self._decoders = app.settings.get("decoders")
-            self._http = tornado.httpserver.HTTPServer(
-                app, max_body_size=args.max_request_body_bytes + 1, xheaders=False, idle_connection_timeout=300
-            )
             sockets = _bind(0 if "rest" in self._picked else args.rest_api_port, args.rest_api_host)
-            self._http.add_sockets(sockets)
+            if args.rest_http_layer == "tornado":
+                self._http = tornado.httpserver.HTTPServer(
+                    app, max_body_size=args.max_request_body_bytes + 1, xheaders=False, idle_connection_timeout=300
+                )
+                self._http.add_sockets(sockets)
+            else:
+                self._http = FrontDoor(app, max_body_size=args.max_request_body_bytes + 1)
+                await self._http.add_sockets(sockets)
             bound["rest_port"] = sockets[0].getsockname()[1]
             log.info("REST API at http://%s:%d/v1/models%s", args.rest_api_host, bound["rest_port"],
                      f" (metrics at {self.metrics_path})" if self.metrics_path else "")

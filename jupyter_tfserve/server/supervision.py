@@ -28,6 +28,7 @@ from ..launcher import (
 )
 from ..wire import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER, SHARE_VERBS, bearer_token
 from .auth import Authenticator
+from .http_front import listening_address
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class IdentityHandler(tornado.web.RequestHandler):
             self.set_status(400 if self.secret else 404)
             self.finish(json.dumps({"error": "send ?challenge=<random hex> to an engine started with a secret"}))
             return
-        address, port = self.request.connection.stream.socket.getsockname()[:2]
+        address, port = listening_address(self.request)[:2]
         self.finish(json.dumps({"proof": identity_proof(self.secret, local_address(address), port, challenge),
                                 "pid": os.getpid()}))
 
