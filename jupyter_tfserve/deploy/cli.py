@@ -10,12 +10,13 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from ..engine.config import ConfigError, ModelServerConfig, read_model_server_config, single_model_config
 from ..engine.source import list_versions
 from ..engine.storage import is_remote, open_url
-from .arguments import TARGETS
+from .arguments import TARGETS, add_arguments
 from .manifests import BUILDERS, Plan
 
 log = logging.getLogger(__name__)
@@ -68,33 +69,71 @@ def _upload(local: str, remote: str, versions: list[int]) -> None:
         fs.put(os.path.join(local, str(version)), f"{root.rstrip('/')}/{version}", recursive=True)
 
 
+def plan(args: argparse.Namespace) -> tuple[dict[str, dict], list[str]]:
+    """The manifests (documents by file name) and the notes, from the deploy flags; uploads with ``--upload``.
+
+    Raises :class:`DeployError` for bad input. Apart from :func:`run` so that the panel's
+    Deploy dialog shows exactly what the command would write, without writing it.
+    """
+    if args.target not in BUILDERS:
+        raise DeployError(f"unknown --target {args.target!r}: choose one of {', '.join(TARGETS)}")
+    config = _config(args)
+    models = list(config.model_config_list.config)
+    splits = _splits(args.split, {m.name for m in models})
+    for model in models:
+        local = model.base_path
+        if not is_remote(local) and not args.storage_uri:
+            raise DeployError(f"model {model.name}: base path {local} is local; a cluster cannot read it: "
+                              "give --storage_uri=s3://bucket/prefix (and --upload)")
+        if not args.storage_uri:
+            continue
+        target = f"{args.storage_uri.rstrip('/')}/{model.name}"
+        model.base_path = target
+        if args.upload:
+            if is_remote(local):
+                raise DeployError(f"model {model.name}: --upload copies local folders; {local} is remote")
+            versions = sorted(v for v, found in list_versions(local).items() if found.complete)
+            if not versions:
+                raise DeployError(f"model {model.name}: no complete version under {local} to upload")
+            _upload(local, target, versions)
+            for version in splits.get(model.name, {}):
+                _upload(local, f"{target}-v{version}", [version])
+    return BUILDERS[args.target](Plan(config, args.name, splits, args.image))
+
+
+def running_manifests(running: dict, target: str, *, model: str = "", name: str = "tfserve", image: str = "",
+                      storage_uri: str = "") -> tuple[dict[str, dict], list[str]]:
+    """What ``%tfserve deploy`` would write for an engine's running config (``GET /api/config``), unwritten.
+
+    The config and splits go through the deploy command's own flags (as the magic passes
+    them), so the panel, the magic and the command cannot disagree; nothing is uploaded.
+    """
+    splits = running.get("splits") or {}
+    if model:
+        splits = {name_: split for name_, split in splits.items() if name_ == model}
+    with tempfile.TemporaryDirectory(prefix="tfserve-deploy-") as folder:
+        config_file = Path(folder) / "running-models.config"
+        config_file.write_text(running.get("model_config") or "")
+        argv = [f"--target={target}", f"--model_config_file={config_file}", f"--name={name}", f"--image={image}",
+                f"--storage_uri={storage_uri}", f"--model_name={model}",
+                *(f"--split={m}=" + ",".join(f"{v}:{p}" for v, p in split.items()) for m, split in splits.items())]
+        args = add_arguments(argparse.ArgumentParser(prog="jupyter tfserve deploy")).parse_args(argv)
+        return plan(args)
+
+
+def yaml_text(files: dict[str, dict], notes: list[str]) -> str:
+    """One multi-document YAML (``kubectl apply -f`` takes it): the notes as comments, then each file."""
+    import yaml
+
+    head = "".join(f"# note: {note}\n" for note in notes)
+    return head + "".join(f"---\n# {file_name}\n{yaml.safe_dump(document, sort_keys=False)}"
+                          for file_name, document in files.items())
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the manifests; print where they went and what did not carry over."""
     try:
-        if args.target not in BUILDERS:
-            raise DeployError(f"unknown --target {args.target!r}: choose one of {', '.join(TARGETS)}")
-        config = _config(args)
-        models = list(config.model_config_list.config)
-        splits = _splits(args.split, {m.name for m in models})
-        for model in models:
-            local = model.base_path
-            if not is_remote(local) and not args.storage_uri:
-                raise DeployError(f"model {model.name}: base path {local} is local; a cluster cannot read it: "
-                                  "give --storage_uri=s3://bucket/prefix (and --upload)")
-            if not args.storage_uri:
-                continue
-            target = f"{args.storage_uri.rstrip('/')}/{model.name}"
-            model.base_path = target
-            if args.upload:
-                if is_remote(local):
-                    raise DeployError(f"model {model.name}: --upload copies local folders; {local} is remote")
-                versions = sorted(v for v, found in list_versions(local).items() if found.complete)
-                if not versions:
-                    raise DeployError(f"model {model.name}: no complete version under {local} to upload")
-                _upload(local, target, versions)
-                for version in splits.get(model.name, {}):
-                    _upload(local, f"{target}-v{version}", [version])
-        files, notes = BUILDERS[args.target](Plan(config, args.name, splits, args.image))
+        files, notes = plan(args)
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         import yaml

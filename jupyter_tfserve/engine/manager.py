@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ModelConfig, ModelServerConfig
-from .errors import Code, ServingError, failed_precondition, invalid_argument, not_found
+from .errors import Code, ServingError, failed_precondition, invalid_argument, not_found, resource_exhausted
 from .servable import Servable
 from .source import aspired_versions, describe_policy, list_versions
 from .storage import base_path_problem
@@ -249,7 +249,7 @@ class Manager:
         ready: list[int] = []
         for version, found in on_disk.items():
             if not found.complete:
-                self._report_incomplete(model, version, found.path, found.problem)
+                self._report_incomplete(model, version, found.path, found.problem, found.refused)
                 continue
             previous = model.seen_fingerprints.get(version)
             model.seen_fingerprints[version] = found.fingerprint
@@ -295,15 +295,23 @@ class Manager:
         if problem and not model.versions:
             model.versions[0] = _Version(0, Path(), state=State.END, error=ServingError(Code.UNAVAILABLE, problem))
 
-    def _report_incomplete(self, model: _Model, version: int, path: Path, problem: str) -> None:
-        """Show a version directory that is not a whole SavedModel (yet) in status, without loading it."""
+    def _report_incomplete(self, model: _Model, version: int, path: Path, problem: str, refused: bool = False) -> None:
+        """Show a version directory that is not a whole SavedModel (yet) in status, without loading it.
+
+        ``refused``: the version is whole in its bucket but was not copied here (over
+        --max_remote_version_bytes, or no room in the cache); ``problem`` says so, as RESOURCE_EXHAUSTED.
+        """
         record = model.versions.get(version)
         if record is not None and record.state is not State.END:
             return
-        message = f"Version directory {path} is not a complete SavedModel ({problem}); it loads once complete"
+        if refused:
+            message, error = problem, resource_exhausted
+        else:
+            message = f"Version directory {path} is not a complete SavedModel ({problem}); it loads once complete"
+            error = failed_precondition
         if record is not None and record.error is not None and record.error.message == message:
             return
-        record = _Version(version, path, state=State.END, error=failed_precondition(message))
+        record = _Version(version, path, state=State.END, error=error(message))
         model.versions[version] = record
         self._log_state(model, record, message)
 

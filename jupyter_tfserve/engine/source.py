@@ -40,6 +40,8 @@ class VersionOnDisk:
     complete: bool
     fingerprint: tuple
     problem: str = ""
+    # Complete at its (remote) source but not brought here: too large for the bound or the disk.
+    refused: bool = False
 
 
 # Most entries (folders and files) one version may hold before the trust check gives up on it.
@@ -234,10 +236,13 @@ def _remote_versions(url: str, model: ModelConfig | None) -> dict[int, VersionOn
     def wanted(versions: list[int]) -> list[int]:
         return aspired_versions(model, versions) if model is not None else versions
 
-    copies, incomplete, _problem = storage.remote_versions(url, wanted)
+    copies, incomplete, _problem, refused = storage.remote_versions(url, wanted)
     found = {version: VersionOnDisk(version, path, True, (str(path),)) for version, path in copies.items()}
     for version, why in incomplete.items():
         found.setdefault(version, VersionOnDisk(version, Path(f"{url.rstrip('/')}/{version}"), False, (), why))
+    for version, why in refused.items():
+        found.setdefault(version, VersionOnDisk(version, Path(f"{url.rstrip('/')}/{version}"), False, (), why,
+                                                refused=True))
     return found
 
 

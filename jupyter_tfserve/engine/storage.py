@@ -13,6 +13,13 @@ Remote I/O never runs on the event loop: :func:`remote_versions` answers from th
 finished sync at once and starts the next one in a worker thread. A listing that fails
 (no such bucket, bad credentials, no Hadoop client) is kept as the model's problem,
 which the manager reports in its version status; other models are untouched.
+
+What is copied is bounded: a version whose listed objects add up to more than
+``--max_remote_version_bytes`` (:func:`set_max_version_bytes`), or more than the cache
+folder has free, is refused before a byte is fetched, and a copy that reads more than
+was listed (an object replaced by a bigger one, a server that lies) is aborted and its
+partial folder removed. A refused version is reported with why, as RESOURCE_EXHAUSTED,
+and the versions already served keep serving.
 """
 
 from __future__ import annotations
@@ -37,6 +44,35 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "file")
 CACHE_ENV = "TFSERVE_REMOTE_CACHE"
 _SHARD = re.compile(r"^variables/variables\.data-(\d+)-of-(\d+)$")
 _workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tfserve-storage")
+MAX_VERSION_BYTES_FLAG = "--max_remote_version_bytes"
+# Larger than any SavedModel TF Serving users ship in practice (a 2 GiB protobuf limit applies to the
+# graph; variables of large language models run to tens of GiB), yet a bound on a mistyped base path.
+DEFAULT_MAX_VERSION_BYTES = 64 << 30
+_COPY_CHUNK = 1 << 20
+_max_version_bytes = DEFAULT_MAX_VERSION_BYTES
+
+
+def set_max_version_bytes(limit: int) -> None:
+    """Bound the bytes one version may copy from a bucket (``--max_remote_version_bytes``); 0 or less: none."""
+    global _max_version_bytes
+    _max_version_bytes = int(limit)
+
+
+def max_version_bytes() -> int:
+    """The bound :func:`set_max_version_bytes` set (0 or less: no bound)."""
+    return _max_version_bytes
+
+
+class CopyRefused(Exception):
+    """A version that is complete in its bucket but is not brought into the cache; the message says why.
+
+    ``fetched``: bytes were read before it failed, so the same listing is not fetched again;
+    ``incomplete``: what arrived is not a whole SavedModel (reported as such, not as a size refusal).
+    """
+
+    def __init__(self, message: str, fetched: bool = False, incomplete: bool = False) -> None:
+        super().__init__(message)
+        self.fetched, self.incomplete = fetched, incomplete
 
 
 def is_remote(path: str) -> bool:
@@ -132,6 +168,9 @@ class Mirror:
     url: str
     snapshot: dict[int, tuple[Path, tuple]] = field(default_factory=dict)
     problems: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    # version -> (listing, why, incomplete) of a copy that failed: not fetched again until the listing changes.
+    failed: dict[int, tuple[tuple, str, bool]] = field(default_factory=dict)
     problem: str = ""
     seen: dict[int, tuple] = field(default_factory=dict)
     offered: dict[int, int] = field(default_factory=dict)
@@ -144,7 +183,9 @@ class Mirror:
             self._sync(wanted)
             self.problem = ""
         except Exception as error:  # bucket, credentials, network: the model's status says which
-            message = f"cannot read base path {self.url}: {type(error).__name__}: {error}"
+            # gcsfs and s3fs say only "b/<bucket>/o" or the key for a bucket or prefix that is not there.
+            missing = "no such bucket or folder: " if isinstance(error, FileNotFoundError) else ""
+            message = f"cannot read base path {self.url}: {missing}{type(error).__name__}: {error}"
             if message != self.problem:
                 log.warning("%s", message)
             self.problem = message
@@ -163,8 +204,8 @@ class Mirror:
         for version, folder in folders.items():
             found = fs.find(folder, detail=True)
             items = tuple(sorted(
-                (name[len(folder) + 1:], int(info.get("size") or 0), str(info.get("ETag") or info.get("etag")
-                                                                          or info.get("mtime") or ""))
+                (name[len(folder) + 1:], _listed_size(info), str(info.get("ETag") or info.get("etag")
+                                                                 or info.get("mtime") or ""))
                 for name, info in found.items() if info.get("type") != "directory"))
             complete, why = complete_by_names({item[0] for item in items})
             if complete:
@@ -174,18 +215,29 @@ class Mirror:
         aspired = set(wanted(sorted(listed)))
         cache = cache_root()
         snapshot = dict(self.snapshot)
+        refused: dict[int, str] = {}
+        failed = {version: failure for version, failure in self.failed.items() if listed.get(version) == failure[0]}
         for version in sorted(aspired):
             items = listed[version]
             target = cache / _key(self.url, version, items)
             if not target.is_dir():
                 if self.seen.get(version) != items:
                     continue  # new or still changing: copy once it holds still for one sync
-                why = _copy_version(fs, folders[version], target)
-                if why:
-                    problems[version] = why
+                if version in failed:
+                    _items, why, incomplete = failed[version]
+                    (problems if incomplete else refused)[version] = why
+                    continue
+                try:
+                    _check_room(self.url, version, items, cache)
+                    _copy_version(fs, self.url, version, folders[version], items, target)
+                except CopyRefused as why:
+                    if why.fetched:  # fetched and failed: the same listing would fail the same way
+                        failed[version] = (items, str(why), why.incomplete)
+                    (problems if why.incomplete else refused)[version] = str(why)
+                    log.warning("%s", why)
                     continue
             snapshot[version] = (target, items)
-        self.seen = listed
+        self.seen, self.failed = listed, failed
         for version in list(snapshot):
             self.offered[version] = self.offered.get(version, 0) + 1
         settled = all(self.offered.get(v, 0) >= 2 for v in aspired)
@@ -196,7 +248,27 @@ class Mirror:
                 self.offered.pop(version, None)
                 shutil.rmtree(path, ignore_errors=True)  # a loaded version already read its files
         with self.lock:
-            self.snapshot, self.problems = snapshot, problems
+            self.snapshot, self.problems, self.refused = snapshot, problems, refused
+
+
+def _listed_size(info: dict) -> int:
+    """An object's size as listed; -1 where the store does not say (then only the running total bounds it)."""
+    size = info.get("size")
+    return int(size) if size is not None else -1
+
+
+def _check_room(url: str, version: int, items: tuple, cache: Path) -> None:
+    """Refuse, before fetching anything, a version larger than the bound or than the cache's free space."""
+    total = sum(max(size, 0) for _name, size, _tag in items)
+    limit = max_version_bytes()
+    if 0 < limit < total:
+        raise CopyRefused(f"version {version} of {url} is {total} bytes, more than {MAX_VERSION_BYTES_FLAG}="
+                          f"{limit}; it is not copied (raise {MAX_VERSION_BYTES_FLAG} to serve it)")
+    free = shutil.disk_usage(cache).free
+    if total > free:
+        raise CopyRefused(f"version {version} of {url} is {total} bytes and the cache folder {cache} has only "
+                          f"{free} bytes free; it is not copied (free space there, or set {CACHE_ENV} to a "
+                          "larger disk)")
 
 
 def _key(url: str, version: int, items: tuple) -> str:
@@ -204,19 +276,50 @@ def _key(url: str, version: int, items: tuple) -> str:
     return f"{version}-{digest}"
 
 
-def _copy_version(fs: Any, folder: str, target: Path) -> str:
-    """Copy one version into a temporary folder beside ``target`` and rename it into place; "" or why not."""
+def _copy_version(fs: Any, url: str, version: int, folder: str, items: tuple, target: Path) -> None:
+    """Copy the listed objects of one version into a temporary folder beside ``target``, then rename it in.
+
+    Each object is read in chunks and counted, so a copy stops as soon as an object is
+    longer than listed or the version passes the bound, rather than after the disk fills.
+    Raises :class:`CopyRefused`; the temporary folder is removed whatever happens, so
+    nothing half-copied is ever served.
+    """
     from .source import check_complete
 
+    limit = max_version_bytes()
     scratch = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        fs.get(folder.rstrip("/") + "/", str(scratch), recursive=True)
+        total = 0
+        for name, size, _tag in items:
+            parts = name.rstrip("/").split("/")
+            if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+                raise CopyRefused(f"version {version} of {url} holds an object named {name!r}, which cannot be "
+                                  "a file inside the version's folder; it is not copied", True, incomplete=True)
+            if name.endswith("/") and size <= 0:  # a folder marker some upload tools write
+                scratch.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                continue
+            source, destination = f"{folder.rstrip('/')}/{name}", scratch.joinpath(*parts)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            copied = 0
+            with fs.open(source, "rb") as reader, open(destination, "wb") as writer:
+                while chunk := reader.read(_COPY_CHUNK):
+                    copied += len(chunk)
+                    total += len(chunk)
+                    if 0 <= size < copied:
+                        raise CopyRefused(f"copy of version {version} of {url} aborted: {name} grew past its "
+                                          f"listed size of {size} bytes while being copied", True)
+                    if 0 < limit < total:
+                        raise CopyRefused(f"copy of version {version} of {url} aborted: it passed {total} bytes, "
+                                          f"more than {MAX_VERSION_BYTES_FLAG}={limit}", True)
+                    writer.write(chunk)
+            if 0 <= size != copied:
+                raise CopyRefused(f"copy of version {version} of {url} aborted: {name} has {copied} bytes, not "
+                                  f"the {size} listed (it changed while being copied)", True)
         complete, why = check_complete(scratch)
         if not complete:
-            return f"the copy of {folder} is not complete ({why})"
+            raise CopyRefused(f"the copy of {folder} is not complete ({why})", True, incomplete=True)
         os.rename(scratch, target)
-        log.info("copied %s to %s", folder, target)
-        return ""
+        log.info("copied %s (%d bytes) to %s", folder, total, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -225,8 +328,10 @@ _mirrors: dict[str, Mirror] = {}
 _mirrors_lock = threading.Lock()
 
 
-def remote_versions(url: str, wanted: Callable[[list[int]], list[int]]) -> tuple[dict[int, Path], dict[int, str], str]:
-    """``(version → local copy, version → why it is incomplete, base path problem)`` from the last sync.
+def remote_versions(url: str, wanted: Callable[[list[int]], list[int]]
+                    ) -> tuple[dict[int, Path], dict[int, str], str, dict[int, str]]:
+    """``(version → local copy, version → why it is incomplete, base path problem, version → why it is
+    complete in the bucket but not copied)`` from the last sync.
 
     Starts the next sync in a worker thread unless one is under way; ``wanted`` is the
     version policy, so only the versions it would serve are copied.
@@ -237,7 +342,7 @@ def remote_versions(url: str, wanted: Callable[[list[int]], list[int]]) -> tuple
         if mirror.running is None or mirror.running.done():
             mirror.running = _workers.submit(mirror.sync, wanted)
         return ({version: path for version, (path, _items) in mirror.snapshot.items()},
-                dict(mirror.problems), mirror.problem)
+                dict(mirror.problems), mirror.problem, dict(mirror.refused))
 
 
 def base_path_problem(url: str) -> str:

@@ -15,7 +15,14 @@ from traitlets import Bool, Dict, Enum, Int, List, Unicode, default
 
 from ..launcher import EngineSettings, private_directory, write_private_text
 from ..launcher import engine_environment as scrubbed_environment
-from .handlers import AcceptedTokens, EngineStatusHandler, ManagementProxyHandler, ProxyHandler, V2ProxyHandler
+from .handlers import (
+    AcceptedTokens,
+    DeployHandler,
+    EngineStatusHandler,
+    ManagementProxyHandler,
+    ProxyHandler,
+    V2ProxyHandler,
+)
 from .supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -180,6 +187,7 @@ class TFServeExtension(ExtensionApp):
             (r"/tfserve/v1/(.*)", ProxyHandler),
             (r"/tfserve/v2/?(.*)", V2ProxyHandler),
             (r"/tfserve/api/engine/?", EngineStatusHandler),
+            (r"/tfserve/api/deploy/?", DeployHandler),  # before the engine's management API it would reach
             (r"/tfserve/api/(.*)", ManagementProxyHandler),
         ])
 

@@ -327,3 +327,52 @@ class EngineStatusHandler(_EngineHandler):
             "grpc_port": supervisor.grpc_port,
             "model_repository_root": str(supervisor.settings.model_repository_root or ""),
         }))
+
+
+class DeployHandler(_EngineHandler):
+    """``GET tfserve/api/deploy?target=...``: the manifests ``jupyter tfserve deploy`` would write, as YAML text.
+
+    For the panel's Deploy dialog. The running config comes from the engine's
+    management API (``GET /api/config``), as ``%tfserve deploy`` takes it, so the YAML
+    is what that magic would write for the same query; nothing is written or uploaded.
+    Owner only, as the management API: the config names every model's base path.
+    Query: ``target`` (kubernetes, kserve, kserve-runtime), optional ``model`` (one model
+    of the config), ``storage_uri``, ``image`` and ``name``. Bad input is a 400 with the
+    command's one-line message.
+    """
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        from ..deploy.cli import DeployError, running_manifests, yaml_text
+
+        if not await self.engine_ready():
+            return
+        supervisor = self.supervisor
+        session: aiohttp.ClientSession = self.settings["tfserve_http_session"]()
+        try:
+            async with session.get(f"{supervisor.management_url}/api/config", headers=supervisor.secret_headers,
+                                   allow_redirects=False) as response:
+                answer = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.write_engine_error(503, f"The tfserve engine did not answer: {error!r}")
+            return
+        if response.status != 200:
+            self.set_status(response.status)
+            self.set_header("Content-Type", "application/json")
+            self.finish(answer)
+            return
+        try:
+            running = json.loads(answer)
+            files, notes = running_manifests(
+                running, self.get_query_argument("target", "kubernetes"),
+                model=self.get_query_argument("model", ""), name=self.get_query_argument("name", "tfserve") or
+                "tfserve", image=self.get_query_argument("image", ""),
+                storage_uri=self.get_query_argument("storage_uri", ""))
+        except DeployError as error:
+            self.write_engine_error(400, str(error))
+            return
+        except ValueError as error:  # a model name with nothing to name a Kubernetes object after, bad JSON
+            self.write_engine_error(400, f"{type(error).__name__}: {error}")
+            return
+        self.finish(yaml_text(files, notes), set_content_type="application/yaml; charset=utf-8")

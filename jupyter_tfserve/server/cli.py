@@ -186,9 +186,16 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     flag(engine, "max_decoded_request_bytes", int, 4 << 30,
          "Most bytes of tensors one request may decode to (REST and gRPC), checked before they are allocated; "
          "a request over it gets RESOURCE_EXHAUSTED (HTTP 429)")
+    flag(engine, "max_remote_version_bytes", int, 64 << 30,
+         "Most bytes one version of a model in object storage (s3://, gs://, hdfs://) may copy into the local "
+         "cache, checked from the bucket's listing before copying and counted while copying; a version over it "
+         "(or larger than the cache folder's free space) is not served and says so in its status; 0 for no bound")
     flag(engine, "decoded_request_floor_bytes", int, 64 << 20,
          "Bytes of tensors any request may decode to, however small it is (a zeros tensor sent as its shape "
          "alone); beyond this, a request decodes to at most 8 times its size on the wire")
+    flag(engine, "rest_http_layer", str, "httptools",
+         "What reads REST requests and writes answers: httptools (llhttp's C parser on an asyncio protocol) "
+         "or tornado (tornado's own HTTP/1.1 connection); the handlers and answers are the same")
     flag(engine, "decode_workers", int, 2,
          "Processes that parse and decode REST :predict bodies of 256 KiB and more, so that the event loop "
          "never waits for them; 0 decodes every body in the engine's own event loop")
@@ -322,7 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("%s", reason)
         return 1
     warn_ignored_flags(args)
+    from ..engine.storage import set_max_version_bytes
     from .app import ServeError, run_server
+
+    set_max_version_bytes(args.max_remote_version_bytes)  # module-wide, as the remote cache it bounds
 
     if args.command == "demo":
         from ..demo import write_demo_model

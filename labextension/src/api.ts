@@ -192,3 +192,51 @@ export function createToken(
 export function metadata(model: string): Promise<any> {
   return request<any>(`v1/models/${encodeURIComponent(model)}/metadata`);
 }
+
+/** The deploy targets `jupyter tfserve deploy --target` takes (jupyter_tfserve/deploy/arguments.py). */
+export const DEPLOY_TARGETS = ['kubernetes', 'kserve', 'kserve-runtime'] as const;
+
+export interface IDeployQuery {
+  target: string;
+  /** One model of the running config; all of them when absent. */
+  model?: string;
+  /** Each base path becomes `storage_uri/<model>` (needed for local base paths). */
+  storage_uri?: string;
+  image?: string;
+}
+
+/**
+ * `GET tfserve/api/deploy`: the manifests `jupyter tfserve deploy` would write for the
+ * running config, as one multi-document YAML text (notes as comments at its top).
+ */
+export async function deployManifests(query: IDeployQuery): Promise<string> {
+  const connection = settings();
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query)) {
+    if (value) {
+      params.set(key, value);
+    }
+  }
+  const url = URLExt.join(connection.baseUrl, 'tfserve', 'api/deploy') + '?' + params.toString();
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, {}, connection);
+  } catch (error) {
+    throw new TFServeError(`The Jupyter server did not answer: ${error}`, 0);
+  }
+  const text = await response.text();
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      const data = JSON.parse(text);
+      message =
+        (typeof data.error === 'string' && data.error) ||
+        (typeof data.message === 'string' && data.message) ||
+        message;
+    } catch {
+      // not JSON: the status line says it
+    }
+    throw new TFServeError(message, response.status);
+  }
+  return text;
+}

@@ -4,7 +4,7 @@
 import { Clipboard, Dialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { IModel, IShareToken } from './api';
+import { DEPLOY_TARGETS, IModel, IShareToken, deployManifests } from './api';
 import { element } from './dom';
 
 /** The versions that can be promoted: those serving now. */
@@ -148,5 +148,130 @@ export class ShareResultBody extends Widget {
       copyField('curl', 'curl command', curl, true),
       copyField('token', 'Token', token.token)
     );
+  }
+}
+
+const TARGET_TITLES: Record<string, string> = {
+  kubernetes: 'Kubernetes (stock TF Serving Deployment)',
+  kserve: 'KServe InferenceService',
+  'kserve-runtime': "KServe with this engine's ServingRuntime"
+};
+
+/**
+ * The manifests `jupyter tfserve deploy` would write for what this engine serves now:
+ * a target, a storage URI for local base paths, the YAML read-only, copy and download.
+ */
+export class DeployBody extends Widget {
+  private _target: HTMLSelectElement;
+  private _storage: HTMLInputElement;
+  private _yaml: HTMLPreElement;
+  private _error: HTMLDivElement;
+  private _copy: HTMLButtonElement;
+  private _download: HTMLButtonElement;
+  private _text = '';
+  private _asked = 0;
+
+  constructor(readonly model: string) {
+    super();
+    this.addClass('jp-tfserve-dialog');
+    this.addClass('jp-tfserve-deploy-dialog');
+    const intro = element(
+      'p',
+      undefined,
+      `What \`jupyter tfserve deploy\` would write for ${model} as this engine serves it now ` +
+        '(versions, labels, split). Nothing is written or uploaded here: apply the file with kubectl.'
+    );
+    const targetLabel = element('label', undefined, 'Target ');
+    this._target = element('select', 'jp-tfserve-deploy-target');
+    for (const target of DEPLOY_TARGETS) {
+      const option = element('option', undefined, TARGET_TITLES[target] ?? target);
+      option.value = target;
+      this._target.appendChild(option);
+    }
+    targetLabel.appendChild(this._target);
+    const storageLabel = element('label', 'jp-tfserve-deploy-storage-label', 'Storage URI ');
+    this._storage = element('input', 'jp-tfserve-deploy-storage');
+    this._storage.placeholder = 's3://bucket/prefix (for local base paths)';
+    this._storage.spellcheck = false;
+    storageLabel.appendChild(this._storage);
+    this._error = element('div', 'jp-tfserve-deploy-error');
+    this._error.hidden = true;
+    this._yaml = element('pre', 'jp-tfserve-deploy-yaml');
+    this._yaml.setAttribute('aria-readonly', 'true');
+    this._yaml.tabIndex = 0;
+    const buttons = element('div', 'jp-tfserve-deploy-buttons');
+    this._copy = element('button', 'jp-mod-styled jp-tfserve-copy jp-tfserve-deploy-copy', 'Copy');
+    this._copy.title = 'Copy the manifests to the clipboard';
+    this._copy.addEventListener('click', () => {
+      Clipboard.copyToSystem(this._text);
+      this._copy.textContent = 'Copied';
+      window.setTimeout(() => (this._copy.textContent = 'Copy'), 1500);
+    });
+    this._download = element('button', 'jp-mod-styled jp-tfserve-deploy-download', 'Download');
+    this._download.title = 'Save the manifests as one YAML file (kubectl apply -f FILE)';
+    this._download.addEventListener('click', () => this._save());
+    buttons.append(this._copy, this._download);
+    this.node.append(intro, targetLabel, storageLabel, this._error, this._yaml, buttons);
+    this._target.addEventListener('change', () => void this.render());
+    // As the user types (Enter would close the dialog): ask once they pause.
+    let typing = 0;
+    this._storage.addEventListener('input', () => {
+      window.clearTimeout(typing);
+      typing = window.setTimeout(() => void this.render(), 400);
+    });
+    void this.render();
+  }
+
+  /** The file name the download gets. */
+  get fileName(): string {
+    return `${this.model}-${this._target.value}.yaml`;
+  }
+
+  /** Ask the server again for the chosen target; a later answer replaces an earlier one. */
+  async render(): Promise<void> {
+    const asked = ++this._asked;
+    this.node.dataset.state = 'loading';
+    this._setText('');
+    this._error.hidden = true;
+    let text: string;
+    try {
+      text = await deployManifests({
+        target: this._target.value,
+        model: this.model,
+        storage_uri: this._storage.value.trim()
+      });
+    } catch (error) {
+      if (asked !== this._asked) {
+        return;
+      }
+      this._error.textContent = error instanceof Error ? error.message : String(error);
+      this._error.hidden = false;
+      this.node.dataset.state = 'error';
+      return;
+    }
+    if (asked !== this._asked) {
+      return;
+    }
+    this._setText(text);
+    this.node.dataset.state = 'ready';
+  }
+
+  private _setText(text: string): void {
+    this._text = text;
+    this._yaml.textContent = text;
+    this._yaml.hidden = !text;
+    this._copy.disabled = !text;
+    this._download.disabled = !text;
+  }
+
+  private _save(): void {
+    const url = URL.createObjectURL(new Blob([this._text], { type: 'application/yaml' }));
+    const link = element('a');
+    link.href = url;
+    link.download = this.fileName;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    window.setTimeout(() => URL.revokeObjectURL(url), 1000);
   }
 }

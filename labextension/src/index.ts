@@ -30,6 +30,7 @@ import {
   v2InferUrl
 } from './api';
 import {
+  DeployBody,
   PromoteBody,
   ShareOptionsBody,
   ShareResultBody,
@@ -50,6 +51,7 @@ export namespace CommandIDs {
   export const unload = 'tfserve:unload';
   export const promote = 'tfserve:promote';
   export const share = 'tfserve:share';
+  export const deploy = 'tfserve:deploy';
   export const openDashboard = 'tfserve:open-dashboard';
 }
 
@@ -101,6 +103,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       promote: model => void commands.execute(CommandIDs.promote, { model }),
       unload: model => void commands.execute(CommandIDs.unload, { model }),
       share: model => void commands.execute(CommandIDs.share, { model }),
+      deploy: model => void commands.execute(CommandIDs.deploy, { model }),
       openDashboard: model => void commands.execute(CommandIDs.openDashboard, { model }),
       refresh: () => void commands.execute(CommandIDs.refresh)
     });
@@ -270,6 +273,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
 
+    commands.addCommand(CommandIDs.deploy, {
+      label: args =>
+        modelArg(args)
+          ? `Deploy ${modelArg(args)} to Kubernetes or KServe`
+          : 'Deploy a Model to Kubernetes or KServe…',
+      execute: async args => {
+        const model = await pickModel(args, 'Deploy which model?');
+        if (!model) {
+          return;
+        }
+        await showDialog({
+          title: `Deploy ${model.name}`,
+          body: new DeployBody(model.name),
+          buttons: [Dialog.okButton({ label: 'Close' })]
+        });
+      }
+    });
+
     commands.addCommand(CommandIDs.openDashboard, {
       label: args =>
         modelArg(args) ? `Open the A/B Dashboard of ${modelArg(args)}` : 'Open the A/B Dashboard of a Model…',
@@ -306,6 +327,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         CommandIDs.unload,
         CommandIDs.promote,
         CommandIDs.share,
+        CommandIDs.deploy,
         CommandIDs.openDashboard
       ]) {
         palette.addItem({ command, category: CATEGORY });

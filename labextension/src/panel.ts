@@ -30,6 +30,7 @@ export interface IModelActions {
   promote(model: string): void;
   unload(model: string): void;
   share(model: string): void;
+  deploy(model: string): void;
   openDashboard(model: string): void;
   refresh(): void;
 }
@@ -44,6 +45,7 @@ const ACTIONS: Array<[keyof IModelActions, string, string]> = [
   ['promote', 'Promote…', 'Label a version of this model "stable"'],
   ['openDashboard', 'A/B dashboard', 'Open a notebook with the A/B dashboard of this model'],
   ['share', 'Share…', 'Create a token that lets others call predict on this model'],
+  ['deploy', 'Deploy…', 'Show the Kubernetes or KServe manifests that serve this model on a cluster'],
   ['unload', 'Unload', 'Stop serving this model']
 ];
 
@@ -51,6 +53,7 @@ const ACTION_NAMES: Record<string, string> = {
   promote: 'promote',
   openDashboard: 'dashboard',
   share: 'share',
+  deploy: 'deploy',
   unload: 'unload'
 };
 

@@ -2,7 +2,8 @@
 
 It opens /lab, opens the TF Serving side panel and checks what a person sees: the model,
 its version and state, a latency figure that moves once predict traffic flows, the status
-bar item, and a share dialog whose token works with curl on tfserve/v1 (and nowhere else).
+bar item, a share dialog whose token works with curl on tfserve/v1 (and nowhere else), and
+a deploy dialog showing the manifests `jupyter tfserve deploy` would write.
 A screenshot of the panel is kept under test-output/ (its path is printed).
 """
 
@@ -98,7 +99,50 @@ def _predict(lab: JupyterServerProcess, rounds: int, per_round: int) -> None:
             assert response.json() == {"predictions": [2.5, 3.0]}
 
 
-def test_panel_shows_models_latency_status_and_share(lab, page):
+def _deploy_dialog_shows_the_manifests(lab: JupyterServerProcess, page, card, tmp_path: Path) -> None:
+    """Deploy…: the YAML `jupyter tfserve deploy` would write for the running model, per target; copy, download."""
+    card.locator('button[data-action="deploy"]').click()
+    dialog = page.locator(".jp-Dialog .jp-tfserve-deploy-dialog")
+    dialog.wait_for(state="visible")
+    # The demo model's base path is a local folder: the server's one line says a storage URI is needed.
+    page.wait_for_function("() => document.querySelector('.jp-tfserve-deploy-dialog').dataset.state === 'error'",
+                           timeout=30_000)
+    assert "is local; a cluster cannot read it" in dialog.locator(".jp-tfserve-deploy-error").inner_text()
+    assert dialog.locator(".jp-tfserve-deploy-download").is_disabled()
+
+    dialog.locator("input.jp-tfserve-deploy-storage").fill("s3://team/models")
+    page.wait_for_function("() => document.querySelector('.jp-tfserve-deploy-dialog').dataset.state === 'ready'",
+                           timeout=30_000)
+    pre = dialog.locator("pre.jp-tfserve-deploy-yaml")
+    text = pre.inner_text()
+    assert "kind: Deployment" in text and "kind: ConfigMap" in text and "s3://team/models/half_plus_two" in text
+    assert pre.get_attribute("aria-readonly") == "true"
+    assert dialog.locator("select.jp-tfserve-deploy-target").input_value() == "kubernetes"
+    assert dialog.locator("button.jp-tfserve-deploy-copy").is_enabled()
+
+    dialog.locator("select.jp-tfserve-deploy-target").select_option("kserve")
+    page.wait_for_function(
+        "() => document.querySelector('.jp-tfserve-deploy-dialog').dataset.state === 'ready' && "
+        "document.querySelector('.jp-tfserve-deploy-yaml').textContent.includes('kind: InferenceService')",
+        timeout=30_000)
+    text = pre.inner_text()
+    assert "storageUri: s3://team/models/half_plus_two" in text and "kind: Deployment" not in text
+    page.screenshot(path=str(SCREENSHOT_DIR / "deploy_dialog.png"))
+
+    with page.expect_download() as caught:
+        dialog.locator("button.jp-tfserve-deploy-download").click()
+    download = caught.value
+    assert download.suggested_filename == f"{MODEL}-kserve.yaml"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    assert saved.read_text() == lab.owner.get(
+        lab.url + "tfserve/api/deploy", params={"target": "kserve", "model": MODEL,
+                                                "storage_uri": "s3://team/models"}, timeout=30).text
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    dialog.wait_for(state="detached")
+
+
+def test_panel_shows_models_latency_status_and_share(lab, page, tmp_path):
     started = time.monotonic()
     # The panel's tab in the left side bar (its own icon), then the model card.
     page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-tfserve-panel"]').click()
@@ -223,7 +267,8 @@ def test_panel_shows_models_latency_status_and_share(lab, page):
     labels = palette.locator(".lm-CommandPalette-itemLabel").all_inner_texts()
     page.screenshot(path=str(SCREENSHOT_DIR / "command_palette.png"))
     for label in ["Refresh the TF Serving Models", "Unload a Served Model…", "Promote a Model Version to Stable…",
-                  "Share a Served Model…", "Open the A/B Dashboard of a Model…", "Show the TF Serving Panel"]:
+                  "Share a Served Model…", "Open the A/B Dashboard of a Model…", "Show the TF Serving Panel",
+                  "Deploy a Model to Kubernetes or KServe…"]:
         assert label in labels, labels
     page.keyboard.press("Escape")
     palette.wait_for(state="hidden")
@@ -254,6 +299,8 @@ def test_panel_shows_models_latency_status_and_share(lab, page):
     page.wait_for_timeout(3_000)
     assert 1 <= len(window_requests) <= 4, window_requests
 
+    _deploy_dialog_shows_the_manifests(lab, page, card, tmp_path)
+
     # Unload, confirmed in a dialog: the card goes, and the status bar says so.
     card.locator('button[data-action="unload"]').click()
     page.locator(".jp-Dialog .jp-mod-accept").click()
@@ -263,3 +310,4 @@ def test_panel_shows_models_latency_status_and_share(lab, page):
         timeout=15_000)
     assert lab.owner.get(lab.url + f"tfserve/v1/models/{MODEL}", timeout=10).status_code == 404
     print(f"browser part took {time.monotonic() - started:.1f} s")
+

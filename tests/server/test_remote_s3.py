@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,15 @@ import requests
 from jupyter_tfserve.engine.errors import ServingError
 from jupyter_tfserve.server.control import PathPolicy
 from tests.helpers.models import write_tf2_half_plus
+from tests.helpers.remote import (
+    cached_versions,
+    predict,
+    s3_put,
+    upload_tree,
+    version_status,
+    versions_seen_while,
+    wait_for_error,
+)
 from tests.helpers.server import free_port, write_models_config
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
@@ -32,15 +40,7 @@ def s3(tmp_path):
 
 
 def upload(client, local: Path, bucket: str, prefix: str) -> None:
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
-
-
-def predict(server, model: str) -> tuple[float, int]:
-    response = server.post(f"/v1/models/{model}:predict", {"instances": [2.0]})
-    assert response.status_code == 200, response.text
-    return response.json()["predictions"][0], int(response.headers["X-TFServe-Model-Version"])
+    upload_tree(s3_put(client), local, f"{bucket}/{prefix}")
 
 
 def test_a_model_in_s3_is_served_and_a_new_version_goes_live_with_no_failed_request(tmp_path, s3, start_server):
@@ -52,30 +52,13 @@ def test_a_model_in_s3_is_served_and_a_new_version_goes_live_with_no_failed_requ
     server.wait_for_versions("half", {1})
     assert predict(server, "half") == (3.0, 1)
 
-    failures: list[str] = []
-    seen: set[int] = set()
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set() and len(seen) + len(failures) < 100_000:
-            try:
-                seen.add(predict(server, "half")[1])
-            except AssertionError as error:
-                failures.append(str(error))
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
-        write_tf2_half_plus(tmp_path / "local", 2, b=10.0)
-        upload(client, tmp_path / "local" / "2", "models", "half/2")
-        server.wait_for_versions("half", {2}, timeout=90)
-    finally:
-        stop.set()
-        worker.join(timeout=60)
+    write_tf2_half_plus(tmp_path / "local", 2, b=10.0)
+    seen, failures = versions_seen_while(
+        server, "half", lambda: upload(client, tmp_path / "local" / "2", "models", "half/2"), 2)
     assert failures == []
     assert seen == {1, 2}
     assert predict(server, "half") == (11.0, 2)
-    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    cached = cached_versions(tmp_path / "cache")
     assert "2" in cached and not [name for name in cached if name.startswith(".tmp")]
 
 
@@ -87,17 +70,34 @@ def test_a_missing_bucket_is_that_models_status_and_the_other_model_keeps_servin
     server = start_server(f"--model_config_file={config}", env=env)
     server.wait_for_versions("local", {1})
 
-    def lost_status() -> dict:
-        response = server.get("/v1/models/lost")
-        return response.json()["model_version_status"][0] if response.status_code == 200 else {}
-
-    server.wait_until(lambda: "no-such-bucket" in lost_status().get("status", {}).get("error_message", ""),
-                      60, "the missing bucket in the lost model's status")
-    status = lost_status()
+    status = wait_for_error(server, "lost", "no-such-bucket")
     assert status["state"] == "END" and status["status"]["error_code"] == "UNAVAILABLE"
     assert "cannot read base path s3://no-such-bucket/lost" in status["status"]["error_message"]
     assert predict(server, "local") == (3.0, 1)
     assert server.process.poll() is None
+
+
+def test_a_version_over_max_remote_version_bytes_is_refused_in_status_and_the_last_one_keeps_serving(
+        tmp_path, s3, start_server):
+    client, env = s3
+    client.create_bucket(Bucket="sized")
+    write_tf2_half_plus(tmp_path / "local", 1, b=2.0)
+    upload(client, tmp_path / "local" / "1", "sized", "half/1")
+    size = sum(p.stat().st_size for p in (tmp_path / "local" / "1").rglob("*") if p.is_file())
+    limit = size + 4096
+    server = start_server("--model_base_path=s3://sized/half", "--model_name=half",
+                          f"--max_remote_version_bytes={limit}", env=env)
+    server.wait_for_versions("half", {1})
+    write_tf2_half_plus(tmp_path / "local", 2, b=10.0)
+    (tmp_path / "local" / "2" / "assets" / "padding.bin").write_bytes(b"\0" * 65536)  # 64 KiB over the bound
+    upload(client, tmp_path / "local" / "2", "sized", "half/2")
+    status = wait_for_error(server, "half", "--max_remote_version_bytes", version=2)
+    big = sum(p.stat().st_size for p in (tmp_path / "local" / "2").rglob("*") if p.is_file())
+    assert status["state"] == "END" and status["status"]["error_code"] == "RESOURCE_EXHAUSTED"
+    assert f"is {big} bytes, more than --max_remote_version_bytes={limit}" in status["status"]["error_message"]
+    assert version_status(server, "half", 1)["state"] == "AVAILABLE"
+    assert predict(server, "half") == (3.0, 1)
+    assert cached_versions(tmp_path / "cache") == ["1"], "nothing of version 2 was copied"
 
 
 def test_remote_base_paths_are_accepted_only_under_an_allowed_prefix(tmp_path):
