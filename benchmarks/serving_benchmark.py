@@ -11,6 +11,7 @@ Builds half_plus_two (TF Serving's, from ../shared when present), an MLP 784-512
   - a hand-written FastAPI endpoint (uvicorn) that calls the model per request;
   - LitServe with its batching on;
   - the HTTP ceiling: a no-op tornado handler;
+  - the HTTP floor: a bare ASGI no-op under uvicorn with httptools and uvloop;
   - overload: the CNN behind a small batching queue, hit by more concurrent requests than it may queue,
     with answers counted and timed by status (every one must be 200 or a quick 503).
 Prints a table and the target ratios; writes results/serving.json and results/serving.png.
@@ -120,14 +121,16 @@ def in_process_limit(model: Model, seconds_per_size: float) -> dict:
     outputs = list(signature.outputs)
     best = 0.0
     by_size = {}
+    cpu_ms_per_item = float("inf")  # at the batch size where an item costs least CPU (all threads' time)
     for size in (1, 2, 4, 8, 16, 32, 64, 128):
         batch = {input_name: np.repeat(model.instance[None], size, axis=0)}
         servable.run(signature, batch, outputs)
-        calls, started = 0, time.perf_counter()
+        calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds_per_size and calls < 100_000:
             servable.run(signature, batch, outputs)
             calls += 1
         rate = calls * size / (time.perf_counter() - started)
+        cpu_ms_per_item = min(cpu_ms_per_item, (time.process_time() - cpu_started) * 1000 / (calls * size))
         by_size[size] = rate
         best = max(best, rate)
     one = {input_name: model.instance[None]}
@@ -137,7 +140,7 @@ def in_process_limit(model: Model, seconds_per_size: float) -> dict:
         servable.run(signature, one, outputs)
         latencies.append(time.perf_counter() - started)
     servable.close()
-    return {"best_items_per_s": best, "items_per_s_by_batch": by_size,
+    return {"best_items_per_s": best, "items_per_s_by_batch": by_size, "cpu_ms_per_item": cpu_ms_per_item,
             "p50_ms_batch1": statistics.median(latencies) * 1000}
 
 
@@ -318,6 +321,10 @@ def targets(results: list[Result], limits: dict, flood: dict | None = None) -> l
     if cnn:
         value = cnn.items_per_s / limits["cnn"]["best_items_per_s"]
         ratio("CNN REST c64 batching / in-process limit", value, ">= 0.8", value >= 0.8)
+        if cnn.cpu_ms_per_request is not None:
+            value = cnn.cpu_ms_per_request / limits["cnn"]["cpu_ms_per_item"]
+            ratio("CNN REST c64 batching server CPU / request / in-process CPU / item", value, "<= 1.25",
+                  value <= 1.25)
         for other in ("FastAPI", "LitServe"):
             base = find(results, "cnn", other, "REST", 64)
             if base and base.items_per_s:
@@ -332,12 +339,18 @@ def targets(results: list[Result], limits: dict, flood: dict | None = None) -> l
         ceiling = find(results, "mlp", "tornado no-op", "REST", 64)
         if ceiling:
             value = mlp.req_per_s / ceiling.req_per_s
-            ratio("MLP REST c64 batching / no-op tornado", value, ">= 0.75", value >= 0.75)
+            ratio("MLP REST c64 batching / no-op tornado", value, ">= 1.0", value >= 1.0)
+        floor = find(results, "mlp", "ASGI no-op (uvicorn)", "REST", 64)
+        if floor:
+            value = mlp.req_per_s / floor.req_per_s
+            ratio("MLP REST c64 batching / no-op ASGI under uvicorn+httptools+uvloop", value, ">= 0.3",
+                  value >= 0.3)
         value = mlp.p99_ms / mlp.p50_ms
         ratio("MLP REST c64 batching p99 / p50", value, "<= 3", value <= 3)
         if mlp.cpu_ms_per_request is not None:
-            ratio("MLP REST c64 batching server CPU ms / request", mlp.cpu_ms_per_request, "<= 0.3",
-                  mlp.cpu_ms_per_request <= 0.3)
+            value = mlp.cpu_ms_per_request / limits["mlp"]["cpu_ms_per_item"]
+            ratio("MLP REST c64 batching server CPU / request / in-process CPU / item", value, "<= 10",
+                  value <= 10)
     grpc_mlp = find(results, "mlp", ours, "gRPC", 64)
     if grpc_mlp and mlp:
         value = grpc_mlp.req_per_s / mlp.req_per_s
@@ -478,6 +491,16 @@ def main() -> None:
                                      cpu=True)
         finally:
             noop.stop()
+        port = free_port()
+        floor = Server("ASGI no-op (uvicorn)", [sys.executable, str(HERE / "baselines" / "noop_asgi.py"), str(port)],
+                       f"http://127.0.0.1:{port}/", ready_check=lambda r: True)
+        try:
+            for model in models:
+                url = f"http://127.0.0.1:{port}/v1/models/{model.name}:predict"
+                results += rest_runs(floor, url, root / f"{model.name}.json", model.name, seconds, warm_up=False,
+                                     cpu=True)
+        finally:
+            floor.stop()
     print()
     print(f"{'model':14} {'server':26} {'proto':5} {'conc':>4} {'req/s':>9} {'items/s':>9} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'errors':>6} {'cpu ms/req':>10}")
@@ -487,7 +510,8 @@ def main() -> None:
               f"{r.items_per_s:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {cpu:>10}")
     print()
     for name, limit in limits.items():
-        print(f"in-process limit {name}: best {limit['best_items_per_s']:.0f} items/s, "
+        print(f"in-process limit {name}: best {limit['best_items_per_s']:.0f} items/s "
+              f"({limit['cpu_ms_per_item']:.4f} ms CPU per item at best), "
               f"p50 at batch 1 {limit['p50_ms_batch1']:.3f} ms")
     if flood is not None:
         print()
