@@ -211,10 +211,12 @@ class RequestLogger:
                 self._wake.wait(WRITER_POLL_SECONDS)
                 self._wake.clear()
                 continue
+            written: collections.Counter = collections.Counter()  # counted once a drain: labels() takes a lock
             with self._write_lock:
                 while pending:
                     item = pending.popleft()
                     if item is _STOP:
+                        self._count(written)
                         for sink in open_sinks:
                             sink.close()
                         return
@@ -223,6 +225,7 @@ class RequestLogger:
                         sink.close()
                         open_sinks.discard(sink)
                     elif kind == "barrier":
+                        self._count(written)
                         for open_sink in open_sinks:
                             open_sink.flush()
                         item[2].set()
@@ -230,12 +233,18 @@ class RequestLogger:
                         try:
                             sink.write(frame(build_record(item)))
                             open_sinks.add(sink)
-                            self._records.labels(sink.model, "written").inc()
+                            written[sink.model] += 1
                         except Exception:  # one bad record or a full disk must not end logging for everyone
                             log.exception("model %s: request log record not written", sink.model)
                             self._records.labels(sink.model, "failed").inc()
+                self._count(written)
                 for open_sink in open_sinks:
                     open_sink.flush()
+
+    def _count(self, written: collections.Counter) -> None:
+        for model, count in written.items():
+            self._records.labels(model, "written").inc(count)
+        written.clear()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record queued before now is on disk; False if that took too long."""
