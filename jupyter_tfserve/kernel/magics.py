@@ -170,9 +170,15 @@ def _parsers() -> dict[str, _Parser]:
 
     p = parsers["dashboard"] = parser("dashboard", "A/B dashboard for NAME, or the model browser.")
     p.add_argument("name", nargs="?")
+    p.add_argument("--log", nargs="?", const=True, default=None, metavar="GLOB",
+                   help="show the last logged requests: of this request log (PREFIX*), or, without GLOB, "
+                        "wherever the model logs now")
 
     p = parsers["monitor"] = parser("monitor", "Live latency and throughput for NAME.")
     p.add_argument("name")
+    p.add_argument("--log", nargs="?", const=True, default=None, metavar="GLOB",
+                   help="show the last logged requests: of this request log (PREFIX*), or, without GLOB, "
+                        "wherever the model logs now")
 
     p = parsers["engine"] = parser("engine", "Which engine this kernel talks to (Jupyter's or a private one).")
     p.add_argument("--stop", action="store_true", help="stop the private engine")
@@ -422,14 +428,17 @@ class TFServeMagics(Magics):
     def _do_dashboard(self, args: argparse.Namespace) -> Any:
         from . import widgets
 
-        view = widgets.dashboard(self.client, args.name)
+        if args.log is not None and not args.name:
+            raise UsageError("--log needs a model NAME (the model browser shows no logs)")
+        options = {"request_log": args.log} if args.log is not None else {}
+        view = widgets.dashboard(self.client, args.name, **options)
         self._displayed.append(view)
         return view
 
     def _do_monitor(self, args: argparse.Namespace) -> Any:
         from . import widgets
 
-        view = widgets.monitor(self.client, args.name)
+        view = widgets.monitor(self.client, args.name, request_log=args.log)
         self._displayed.append(view)
         return view
 

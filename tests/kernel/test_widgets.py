@@ -412,3 +412,69 @@ def test_latency_monitor_on_a_private_engine(private_client, half_plus_versions)
     missing = LatencyMonitor(private_client, "not_served", live=False)
     assert missing.refresh() is None and missing.status.kind == "error"
     missing.close()
+
+
+def test_monitor_and_dashboard_show_the_last_logged_requests_summarised(private_client, half_plus_versions):
+    """Real logging by the engine, read back by the widgets: the last ten, newest first, inputs summarised."""
+    client = private_client
+    name = "logged_view"
+    root = Path(client.model_repository_root())
+    serve(client, root, half_plus_versions, name)
+
+    view = LatencyMonitor(client, name, request_log=True, live=False)  # wherever the model logs now
+    view.logged.describe_every_seconds = 0  # re-read the model's logging settings on every refresh
+    view.refresh()
+    assert "is not logging" in view.logged.widget.value and "--rate 0.1" in view.logged.widget.value
+
+    described = client.set_logging(name, 1.0)
+    prefix = described["logging"]["filename_prefix"]
+    for index in range(12):
+        client.predict(name, [[float(index)]], version=1)
+    big = np.arange(500, dtype=np.float32).reshape(500, 1) + 1000  # one large request: summarised, not dumped
+    client.predict(name, big, version=2)
+    wait_for(lambda: client.model(name)["logging"]["records_written"] == 13, what="13 records written")
+
+    view.refresh()
+    records = view.logged.records
+    assert len(records) == 10 and "100 % of requests" in view.logged.widget.value
+    assert [r.inputs[0].head[0] for r in records[:-1]] == [float(i) for i in range(3, 12)]
+    newest = records[-1]
+    assert (newest.model, newest.version, newest.kind) == (name, 2, "predict")
+    assert newest.inputs[0].text() == "x float32[500,1] [1000, 1001, 1002, 1003, …] min 1000 max 1499"
+    assert newest.outputs[0].text() == "y float32[500,1] [503, 503.5, 504, 504.5, …] min 503 max 752.5"
+    table = view.logged.widget.value
+    assert table.index("x float32[500,1]") < table.index("x float32[1,1] [11]")  # newest first
+    assert "y float32[1,1] [7.5]" in table  # 11 / 2 + 2, as version 1 answered
+    assert "1004" not in table  # four leading values, never the tensor
+    assert "x float32[500,1]" in view.static_html()  # the saved notebook's copy shows it too
+
+    read = view.logged.tail.bytes_read
+    view.refresh()
+    assert view.logged.tail.bytes_read == read  # nothing new logged: nothing read
+    client.predict(name, [[42.0]], version=1)
+    wait_for(lambda: client.model(name)["logging"]["records_written"] == 14, what="14 records written")
+    view.refresh()
+    assert view.logged.records[-1].inputs[0].head[0] == 42.0 and view.logged.records[-1].exact_time
+    assert 0 < view.logged.tail.bytes_read - read < 1000  # the one new record
+    view.close()
+
+    dash = ABDashboard(client, name, live=False, request_log=f"{prefix}*", log_records=3)
+    dash.refresh()
+    assert [r.inputs[0].head[0] for r in dash.logged.records] == [11.0, 1000.0, 42.0]
+    assert "x float32[1,1] [42]" in dash.static_html() and "last 3 of" in dash.static_html()
+    dash.close()
+
+    missing = ABDashboard(client, name, live=False, request_log=str(root / "no-such-log"))
+    missing.refresh()
+    assert missing.logged.records == [] and "no logged requests yet" in missing.logged.widget.value
+    missing.close()
+
+    async def live() -> list:
+        """The live task reads the log too (in a worker thread), as it refreshes."""
+        live_view = LatencyMonitor(client, name, interval=0.05, request_log=f"{prefix}*", log_records=2)
+        await wait_for_async(lambda: live_view.ticks >= 1 and live_view.logged.records, what="logged rows, live")
+        await live_view.aclose()
+        return live_view.logged.records
+
+    assert [r.inputs[0].head[0] for r in asyncio.run(live())] == [1000.0, 42.0]
+    client.set_logging(name, 0)

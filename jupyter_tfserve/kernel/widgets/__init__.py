@@ -9,6 +9,7 @@ requests) pauses them until it ends.
 >>> from jupyter_tfserve.kernel.widgets import dashboard
 >>> dashboard(client, "digits")      # A/B: stable vs canary, split slider, shadow, promote
 >>> dashboard(client)                # every served model
+>>> monitor(client, "digits", request_log=True)  # with its last logged requests and answers
 
 This package imports ipywidgets and plotly; the client and the magics import it only
 when a widget is asked for.
@@ -25,12 +26,14 @@ from .browser import ModelBrowser
 from .compare import ComparisonResult, RequestLog, compare_versions, request_log
 from .export_form import ExportForm
 from .live import LatencyMonitor
+from .logged import LoggedRequests
 
 __all__ = [
     "ABDashboard",
     "ComparisonResult",
     "ExportForm",
     "LatencyMonitor",
+    "LoggedRequests",
     "ModelBrowser",
     "RequestLog",
     "browser",

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from typing import Any
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from ..client import TFServeClient
+from ..log_tail import DEFAULT_RECORDS
 from ._common import (
     COLOR_A,
     COLOR_B,
@@ -77,8 +79,9 @@ class ABDashboard(LiveView):
     """A/B comparison of two versions of ``name``: live latency, throughput, errors, split, shadow, promotion.
 
     ``version_a``/``version_b`` default to ``stable``/``canary`` when both labels exist,
-    else to the two newest AVAILABLE versions. ``live=False`` starts no refresh task
-    (drive it with ``refresh()``, ``await refresh_once()`` or ``update(summary)``).
+    else to the two newest AVAILABLE versions. ``request_log`` adds the last ``log_records`` logged
+    requests and answers (a glob or prefix, or ``True``: wherever the model logs now). ``live=False``
+    starts no refresh task (drive it with ``refresh()``, ``await refresh_once()`` or ``update(summary)``).
     Raises :class:`TFServeError` when the model is not served.
     """
 
@@ -86,7 +89,7 @@ class ABDashboard(LiveView):
 
     def __init__(self, client: TFServeClient, name: str, interval: float = 0.5, window_seconds: int = 60, *,
                  version_a: int | None = None, version_b: int | None = None, history_seconds: int = 600,
-                 live: bool = True) -> None:
+                 live: bool = True, request_log: Any = None, log_records: int = DEFAULT_RECORDS) -> None:
         super().__init__(client, name, interval=interval, window_seconds=window_seconds)
         self.description = client.model(name)
         self._syncing = False
@@ -145,6 +148,7 @@ class ABDashboard(LiveView):
             widgets.HBox([self.stats, self.routing_html], layout=widgets.Layout(justify_content="space-between")),
             self.figure,
             self.histogram,
+            *self._add_logged(request_log, log_records),
         ], layout=widgets.Layout(width="100%"))
         self._watch_close()
         self._sync_from(self.description)
@@ -169,6 +173,8 @@ class ABDashboard(LiveView):
         hold what the user is about to apply, and a refresh must not undo a drag.
         """
         self.description = description
+        if self.logged is not None:
+            self.logged.set_description(description)
         self._syncing = True
         try:
             options = version_options(description)
@@ -384,7 +390,7 @@ class ABDashboard(LiveView):
                  + "</div>", figure_html(self.figure)]
         if self.shadow_stats:
             parts.append(figure_html(self.histogram))
-        return "".join(parts) + super().static_html()
+        return "".join(parts) + self._logged_html() + super().static_html()
 
     @property
     def agreement_rate(self) -> float | None:

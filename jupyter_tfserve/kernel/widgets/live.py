@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..client import TFServeClient
+from ..log_tail import DEFAULT_RECORDS
 from ._common import (
     COLORS,
     FIGURE_MARGIN,
@@ -34,6 +35,7 @@ from ._common import (
     ms,
     percent,
 )
+from .logged import LoggedRequests
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +220,17 @@ class LiveView(View):
         self.last_summary: dict | None = None
         self._task: asyncio.Task | None = None
         self._last_error = ""
+        self.logged: LoggedRequests | None = None  # the "logged requests" section, when asked for
+
+    def _add_logged(self, request_log: Any, records: int) -> list[widgets.Widget]:
+        """The logged-requests section's widget (to place in the view), or nothing without ``request_log``."""
+        if request_log is None or request_log is False:
+            return []
+        self.logged = LoggedRequests(self.client, self.name, request_log, records)
+        return [self.logged.widget]
+
+    def _logged_html(self) -> str:
+        return self.logged.static_html() if self.logged is not None else ""
 
     @property
     def task(self) -> asyncio.Task | None:
@@ -250,6 +263,8 @@ class LiveView(View):
             self._refresh_failed(error)
             return None
         self._apply(summary)
+        if self.logged is not None:
+            self.logged.refresh()
         return summary
 
     async def refresh_once(self) -> dict | None:
@@ -262,6 +277,8 @@ class LiveView(View):
             self._refresh_failed(error)
             return None
         self._apply(summary)
+        if self.logged is not None and not self.closed:
+            await self.logged.refresh_async()
         return summary
 
     async def _tick(self) -> bool:
@@ -324,18 +341,24 @@ class LiveView(View):
 
 
 class LatencyMonitor(LiveView):
-    """p50 and p99 (ms) and req/s per version of any model, live; the table adds p95 and errors."""
+    """p50 and p99 (ms) and req/s per version of any model, live; the table adds p95 and errors.
+
+    ``request_log`` adds the last ``log_records`` logged requests and answers, summarised: a
+    request-log glob or prefix (as ``request_log("PREFIX*")`` takes), or ``True`` for wherever
+    the model logs now (see :class:`~jupyter_tfserve.kernel.widgets.logged.LoggedRequests`).
+    """
 
     def __init__(self, client: TFServeClient, name: str, interval: float = 0.5, *, window_seconds: int = 60,
-                 history_seconds: int = 600, live: bool = True) -> None:
+                 history_seconds: int = 600, live: bool = True, request_log: Any = None,
+                 log_records: int = DEFAULT_RECORDS) -> None:
         super().__init__(client, name, interval=interval, window_seconds=window_seconds)
         self.plot = LatencyPlot(history_seconds)
         self.figure = self.plot.figure
         self.title = widgets.HTML(f"<b>{escape(name)}</b>: latency and throughput per version "
                                   f"(totals over the last {self.window_seconds} s)")
         self.stats = widgets.HTML(html_table(STATS_HEADER, []))
-        self.widget = widgets.VBox([self.title, self.stats, self.figure, self.status.widget],
-                                   layout=widgets.Layout(width="100%"))
+        self.widget = widgets.VBox([self.title, self.stats, self.figure, *self._add_logged(request_log, log_records),
+                                    self.status.widget], layout=widgets.Layout(width="100%"))
         self._watch_close()
         if live:
             self.start()
@@ -349,4 +372,5 @@ class LatencyMonitor(LiveView):
         self.stats.value = html_table(STATS_HEADER, stats_rows(versions, keys))
 
     def static_html(self) -> str:
-        return self.title.value + self.stats.value + figure_html(self.figure) + super().static_html()
+        return (self.title.value + self.stats.value + figure_html(self.figure) + self._logged_html()
+                + super().static_html())
