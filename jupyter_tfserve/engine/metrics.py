@@ -14,7 +14,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 PREFIX = ":tensorflow:serving:"
@@ -72,6 +72,10 @@ class EngineMetrics:
         self._children: dict[tuple[Histogram, tuple[str, ...]], Histogram] = {}
         self._counters = _ExactCounters()
         self._counters.declare(self.REQUEST_COUNT, "The total number of requests.", ("model_name", "status"))
+        self.rest_direct_calls = Counter(
+            "tfserve_rest_direct_calls", "REST model calls the httptools layer answered without a tornado "
+            "RequestHandler (--rest_direct_calls)", registry=self.registry,
+        )
         self.request_latency = Histogram(
             PREFIX + "request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",

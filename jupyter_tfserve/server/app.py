@@ -211,7 +211,8 @@ class EngineServer:
                 )
                 self._http.add_sockets(sockets)
             else:
-                self._http = FrontDoor(app, max_body_size=args.max_request_body_bytes + 1)
+                self._http = FrontDoor(app, max_body_size=args.max_request_body_bytes + 1,
+                                       direct=app.settings["direct_model_calls"] if args.rest_direct_calls else None)
                 await self._http.add_sockets(sockets)
             bound["rest_port"] = sockets[0].getsockname()[1]
             log.info("REST API at http://%s:%d/v1/models%s", args.rest_api_host, bound["rest_port"],

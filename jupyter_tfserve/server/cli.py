@@ -196,6 +196,9 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     flag(engine, "rest_http_layer", str, "httptools",
          "What reads REST requests and writes answers: httptools (llhttp's C parser on an asyncio protocol) "
          "or tornado (tornado's own HTTP/1.1 connection); the handlers and answers are the same")
+    flag(engine, "rest_direct_calls", bool, True,
+         "On the httptools layer, run an admitted :predict/:classify/:regress with a body under 256 KiB without "
+         "building a tornado RequestHandler (the same answer, less CPU); false sends every request through tornado")
     flag(engine, "decode_workers", int, 2,
          "Processes that parse and decode REST :predict bodies of 256 KiB and more, so that the event loop "
          "never waits for them; 0 decodes every body in the engine's own event loop")

@@ -93,10 +93,19 @@ class _Exchange:
         self.chunking = False
         self.expected_remaining: int | None = None
         self.close_callback: Any = None
+        self.direct: Any = None  # a DirectCall: this exchange runs without tornado's RequestHandler
+        self.answering: asyncio.Future | None = None
 
     # -- reading (driven by the connection's parser) ------------------------------------------
 
     def begin(self) -> None:
+        direct = self.conn.server.direct
+        if direct is not None:
+            self.direct = direct.admit(self.start_line, self.headers, self.context.remote_ip)
+            if self.direct is not None:
+                self.prepared = True
+                self._pump()
+                return
         self.delegate = self.conn.server.delegate.start_request(self.conn, self)
         try:
             prepared = self.delegate.headers_received(self.start_line, self.headers)
@@ -150,6 +159,13 @@ class _Exchange:
             self._pump()
 
     def _pump(self) -> None:
+        if self.direct is not None:
+            if self.read_complete and not self.read_finished:
+                self.read_finished = True
+                body = b"".join(self.pending)
+                self.pending.clear()
+                self.answering = asyncio.ensure_future(self._answer_directly(body))
+            return
         delegate = self.delegate
         assert delegate is not None
         while self.pending:
@@ -183,6 +199,16 @@ class _Exchange:
                 self.conn.exchange_done(self)
         else:
             self.conn.resume()
+
+    async def _answer_directly(self, body: bytes) -> None:
+        data = await self.direct.answer(body, self.disconnect_on_finish)
+        self.headers_written = True
+        self.conn.write(data)
+        self.write_finished = True
+        if self.disconnect_on_finish:
+            self.conn.close_after_write()
+        else:
+            self.conn.exchange_done(self)
 
     def _unblocked(self, future: asyncio.Future) -> None:
         self.blocked = False
@@ -490,8 +516,10 @@ class FrontDoor:
     """An HTTP/1.1 server for a tornado ``Application`` (any ``HTTPServerConnectionDelegate``)."""
 
     def __init__(self, delegate: httputil.HTTPServerConnectionDelegate, *, max_body_size: int,
-                 idle_seconds: float = IDLE_CONNECTION_SECONDS) -> None:
+                 idle_seconds: float = IDLE_CONNECTION_SECONDS, direct: Any = None) -> None:
+        """``direct``: a :class:`~.model_call.DirectModelCalls`, for the requests it admits from their head."""
         self.delegate = delegate
+        self.direct = direct
         self.max_body_size = max_body_size
         self.idle_seconds = idle_seconds
         self.connections: set[_Connection] = set()

@@ -14,7 +14,6 @@ so that seconds of JSON parsing never stop the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
@@ -22,14 +21,15 @@ from typing import Any
 import tornado.web
 from google.protobuf import json_format
 
-from ..engine.codecs import json_body, json_encode, json_example, json_predict
-from ..engine.codecs.decode_workers import WORKER_MIN_BYTES, DecodeWorkers
-from ..engine.codecs.limits import DecodeBudget, DecodeLimits
-from ..engine.engine import LOAD_WAIT_SECONDS, Answer, Engine, Target
-from ..engine.errors import Code, ServingError, invalid_argument, not_found, redact_paths
+from ..engine.codecs import json_encode
+from ..engine.codecs.decode_workers import DecodeWorkers
+from ..engine.codecs.limits import DecodeLimits
+from ..engine.engine import Engine, Target
+from ..engine.errors import ServingError, invalid_argument, not_found
 from ..engine.manager import status_to_json
 from ..wire import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
 from .auth import Access, Authenticator
+from .model_call import CallSettings, DirectModelCalls, answer_call, message_for, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,6 @@ MAX_DISCARDED_BODY_BYTES = 1024 * 1024 * 1024
 # A larger (or chunked) body is not read: the answer goes out at once and the connection is closed,
 # which a client in mid-upload may see as a reset connection.
 REFUSED_BODY_DRAIN_BYTES = 64 * 1024
-
-_MODEL_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$"
-)
-# TF Serving reads the version with absl::SimpleAtoi into an int64: ASCII digits only (superscript two is a
-# digit to str.isdigit, and int() refuses it: before, a 500 answered before the caller was authenticated).
-_VERSION = re.compile(r"[0-9]{1,19}")
-_INT64_MAX = (1 << 63) - 1
-
 
 @tornado.web.stream_request_body
 class _Base(tornado.web.RequestHandler):
@@ -73,6 +62,7 @@ class _Base(tornado.web.RequestHandler):
         self.auth = auth
         self.decode_limits = decode_limits or DecodeLimits()
         self.decoders = decoders
+        self.call_settings = CallSettings(engine, timeout_seconds, self.decode_limits, decoders)
         self._caller: Access | None = None
         self._chunks: list[bytes] = []
         self._size = 0
@@ -173,8 +163,7 @@ class _Base(tornado.web.RequestHandler):
 
     def for_caller(self, message: str) -> str:
         """A message as the caller may read it: a share token's bearer does not see the engine's file paths."""
-        caller = self._caller
-        return message if caller is None or caller.owner else redact_paths(message)
+        return message_for(self._caller, message)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         """Unexpected failures still answer in TF Serving's format, never tornado's HTML page."""
@@ -188,20 +177,11 @@ class _Base(tornado.web.RequestHandler):
     def malformed(self) -> ServingError:
         return invalid_argument(f"Malformed request: {self.request.method} {self.request.path}")
 
-    def parse_target(self, signature_name: str = "") -> tuple[Target, re.Match]:
-        match = _MODEL_PATH.match(self.request.path)
-        if match is None:
+    def parse_target(self) -> tuple[Target, re.Match]:
+        parsed = parse_target(self.request.path)
+        if parsed is None:
             raise self.malformed()
-        version = match.group("version")
-        if version is not None and (not _VERSION.fullmatch(version) or int(version) > _INT64_MAX):
-            raise self.malformed()
-        target = Target(
-            name=match.group("name"),
-            version=int(version) if version is not None else None,
-            label=match.group("label"),
-            signature_name=signature_name,
-        )
-        return target, match
+        return parsed
 
 
 class _OwnerOnly(_Base):
@@ -293,97 +273,11 @@ class ModelHandler(_Base):
         body = self.take_body()
         if body is None:
             return
-        try:
-            verb, target = self._verb, self._target
-            if verb == "predict" and self.decoders is not None and len(body) >= WORKER_MIN_BYTES:
-                answer = await self._with_timeout(self._predict_elsewhere(target, body))
-            else:
-                parse = json_body.parse_predict_body if verb == "predict" else json_body.parse_json_body
-                request = parse(body)
-                target = Target(target.name, target.version, target.label,
-                                json_body.request_signature_name(request))
-                answer = await self._with_timeout(self._call(verb, target, request, body))
-            self.set_header(VERSION_HEADER, str(answer.version))
-            self.write_json(self._encode(verb, answer))
-        except ServingError as error:
-            self.write_serving_error(error)
-
-    async def _call(self, verb: str, target: Target, request: dict, body: bytes) -> Answer:
-        route_key = self.request.headers.get(ROUTE_KEY_HEADER)
-        if verb == "predict":
-            row_format: list[bool] = []
-
-            def decode(signature):
-                inputs, row = json_predict.decode_predict_request(
-                    request, signature, DecodeBudget(self.decode_limits, len(body), body))
-                row_format.append(row)
-                return inputs
-
-            answer = await self.engine.predict(target, decode, entrypoint="REST", route_key=route_key)
-            answer.row_format = row_format[0]
-            return answer
-        examples = json_example.examples_from_json(request)
-        if verb == "classify":
-            return await self.engine.classify(target, examples, entrypoint="REST", route_key=route_key)
-        return await self.engine.regress(target, examples, entrypoint="REST", route_key=route_key)
-
-    async def _predict_elsewhere(self, target: Target, body: bytes) -> Answer:
-        """A large :predict body, parsed and decoded by a worker process for the version likely to answer.
-
-        The worker needs the signatures before the engine picks the version, so they are read from the
-        version a plain lookup gives (the latest, or the one named). When the engine's pick has other
-        inputs (a traffic split between versions that differ, a reload in between), it is decoded here.
-        """
-        manager = self.engine.manager
-        if manager.is_loading(target.name, target.version, target.label):
-            await manager.wait_for_load(target.name, target.version, target.label, LOAD_WAIT_SECONDS)
-        try:
-            with manager.acquire(target.name, target.version, target.label) as handle:
-                signatures = handle.servable.signatures
-        except ServingError:
-            signatures = {}  # the engine answers why; the worker still checks the body first, as inline
-        assert self.decoders is not None
-        decoded = await self.decoders.decode(body, signatures)
-        target = Target(target.name, target.version, target.label, decoded.signature_name)
-        row_format: list[bool] = []
-
-        def decode(signature):
-            if decoded.signature is not None and signature.inputs == decoded.signature.inputs:
-                if decoded.error is not None:
-                    raise decoded.error
-                row_format.append(decoded.row_format)
-                return decoded.inputs
-            log.info("model %s: decoding a %d-byte body on the event loop (the answering version's inputs "
-                     "differ from those it was decoded for)", target.name, len(body))
-            inputs, row = json_predict.decode_predict_request(json_body.parse_predict_body(body), signature,
-                                                         DecodeBudget(self.decode_limits, len(body), body))
-            row_format.append(row)
-            return inputs
-
-        answer = await self.engine.predict(target, decode, entrypoint="REST",
-                                           route_key=self.request.headers.get(ROUTE_KEY_HEADER))
-        answer.row_format = row_format[0]
-        return answer
-
-    @staticmethod
-    def _encode(verb: str, answer: Answer) -> bytes:
-        if verb == "predict":
-            return json_encode.encode_predict_response(answer.outputs, answer.row_format)
-        if verb == "classify":
-            results = [[[label, score] for label, score in row] for row in answer.results]
-            return json_encode.encode_json({"results": results})
-        return json_encode.encode_json({"results": answer.results})
-
-    async def _with_timeout(self, call):
-        if not self.timeout_seconds:
-            return await call
-        try:
-            async with asyncio.timeout(self.timeout_seconds):  # unlike wait_for, creates no extra task
-                return await call
-        except TimeoutError:
-            raise ServingError(
-                Code.DEADLINE_EXCEEDED, f"Request timed out after {self.timeout_seconds * 1000:.0f} ms"
-            ) from None
+        status, version, payload = await answer_call(self.call_settings, self._verb, self._target, body,
+                                                     self.request.headers.get(ROUTE_KEY_HEADER), self.access())
+        if version is not None:
+            self.set_header(VERSION_HEADER, version)
+        self.write_json(payload, status)
 
 
 class MalformedHandler(_OwnerOnly):
@@ -459,7 +353,10 @@ def make_app(
     routes += v2_routes(options) + seldon_routes(options)
     if metrics_path:
         routes.insert(0, (re.escape(metrics_path), MetricsHandler, options))
+    direct = DirectModelCalls(CallSettings(engine, options["timeout_seconds"], decode_limits, decoders), auth=auth,
+                              max_body_bytes=max_body_bytes, reserved_paths=(metrics_path,) if metrics_path else ())
     return tornado.web.Application(
         routes, default_handler_class=NotFoundHandler, default_handler_args=options, compress_response=False,
         decoders=decoders, control=control,  # control: the management API, for V2's repository load/unload
+        direct_model_calls=direct,  # the httptools layer's way past RequestHandler for admitted model calls
     )

@@ -20,7 +20,8 @@ from ..engine.codecs.json_encode import encode_json
 from ..engine.engine import LOAD_WAIT_SECONDS, Target
 from ..engine.errors import Code, ServingError, invalid_argument, not_found
 from ..wire import ROUTE_KEY_HEADER, VERSION_HEADER
-from .rest import _VERSION, ModelHandler, _OwnerOnly
+from .model_call import VERSION
+from .rest import ModelHandler, _OwnerOnly
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def model_statistics(engine, name: str | None, version: str | None) -> dict:
         manager.require(name)
         served = manager.available_versions(name)
         if version is not None:
-            if not _VERSION.fullmatch(version) or int(version) not in served:
+            if not VERSION.fullmatch(version) or int(version) not in served:
                 raise not_found(f"Version {version} of model {name} is not AVAILABLE (available: {served})")
             served = [int(version)]
         versions = {name: served}
@@ -154,7 +155,7 @@ class V2ModelHandler(ModelHandler):
         if match is None:
             raise not_found(f"Not found: {self.request.method} {self.request.path}")
         version = match.group("version")
-        if version is not None and not _VERSION.fullmatch(version):
+        if version is not None and not VERSION.fullmatch(version):
             raise invalid_argument(f"Version {version!r} is not a version number")
         self._target = Target(match.group("name"), int(version) if version is not None else None)
         self._verb = match.group("verb") or "metadata"

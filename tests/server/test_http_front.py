@@ -110,9 +110,12 @@ def servers():
 def _exchange(port: int, data: bytes | list[bytes], read_seconds: float = 2.0) -> bytes:
     """Send ``data`` (pieces sent one by one), then read until the server closes or goes quiet."""
     with socket.create_connection(("127.0.0.1", port), timeout=read_seconds) as sock:
-        for piece in data if isinstance(data, list) else [data]:
-            sock.sendall(piece)
         answer = b""
+        for piece in data if isinstance(data, list) else [data]:
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):  # the server answered and closed mid-upload
+                break
         deadline = time.monotonic() + read_seconds
         sock.settimeout(0.3)
         while time.monotonic() < deadline:
@@ -183,7 +186,8 @@ def test_the_same_answer_as_tornados_http_layer(servers, name):
         return
     if name == "a chunked body over the limit":
         for answer in (tornado_answer, front_answer):
-            assert answer.startswith(b"HTTP/1.1 400 Bad Request") and answer.endswith(b"<closed>"), answer
+            # Refused and closed while the client still sends: its kernel may drop the 400 on the reset.
+            assert answer == b"<closed>" or answer.startswith(b"HTTP/1.1 400 Bad Request"), answer
         return
     if name == "a body over the limit":
         assert tornado_answer == b"HTTP/1.1 400 Bad Request\r\n\r\n<closed>", tornado_answer
