@@ -135,6 +135,8 @@ class _EngineHandler(APIHandler):
     async def engine_ready(self) -> bool:
         """Wait (bounded) for the engine; answer 503 when it is not there."""
         task = self.settings["tfserve_ensure_engine"]()
+        if task.done() and not task.cancelled() and task.exception() is None and self.supervisor.running:
+            return True  # the usual case, without a wait_for task and a shield per request
         try:
             await asyncio.wait_for(asyncio.shield(task), ENGINE_WAIT_SECONDS)
             if not self.supervisor.running:
