@@ -31,7 +31,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,9 @@ from tests.helpers.models import write_tf1_half_plus  # noqa: E402
 from tests.helpers.server import free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from serving_benchmark import process_cpu_seconds, stop_process_group  # noqa: E402
 
 log = logging.getLogger("request_log_overhead")
 
@@ -152,17 +154,10 @@ class ServerProcess:
         return response.json()
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        stop_process_group(self.process)
         self.log.close()
 
 

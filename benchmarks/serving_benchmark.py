@@ -171,19 +171,29 @@ class Server:
         raise SystemExit(f"{name} did not become ready; log: {self.log.name}")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         """Stop the server and everything it started: LitServe's worker processes outlive their parent, and
         left running they took a core from every later measurement."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        stop_process_group(self.process)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process so far, from /proc (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 # One batch at a time: TensorFlow already spreads a batch over both cores (intra-op threads), and two
@@ -481,26 +491,17 @@ def main() -> None:
                 litserve.stop()
         cnn = next((m for m in models if m.name == "cnn"), None)
         flood = overload(cnn, root, seconds) if cnn is not None else None
-        port = free_port()
-        noop = Server("tornado no-op", [sys.executable, str(HERE / "baselines" / "noop_tornado.py"), str(port)],
-                      f"http://127.0.0.1:{port}/", ready_check=lambda r: True)
-        try:
-            for model in models:
-                url = f"http://127.0.0.1:{port}/v1/models/{model.name}:predict"
-                results += rest_runs(noop, url, root / f"{model.name}.json", model.name, seconds, warm_up=False,
-                                     cpu=True)
-        finally:
-            noop.stop()
-        port = free_port()
-        floor = Server("ASGI no-op (uvicorn)", [sys.executable, str(HERE / "baselines" / "noop_asgi.py"), str(port)],
-                       f"http://127.0.0.1:{port}/", ready_check=lambda r: True)
-        try:
-            for model in models:
-                url = f"http://127.0.0.1:{port}/v1/models/{model.name}:predict"
-                results += rest_runs(floor, url, root / f"{model.name}.json", model.name, seconds, warm_up=False,
-                                     cpu=True)
-        finally:
-            floor.stop()
+        for name, script in (("tornado no-op", "noop_tornado.py"), ("ASGI no-op (uvicorn)", "noop_asgi.py")):
+            port = free_port()
+            baseline = Server(name, [sys.executable, str(HERE / "baselines" / script), str(port)],
+                              f"http://127.0.0.1:{port}/", ready_check=lambda r: True)
+            try:
+                for model in models:
+                    url = f"http://127.0.0.1:{port}/v1/models/{model.name}:predict"
+                    results += rest_runs(baseline, url, root / f"{model.name}.json", model.name, seconds,
+                                         warm_up=False, cpu=True)
+            finally:
+                baseline.stop()
     print()
     print(f"{'model':14} {'server':26} {'proto':5} {'conc':>4} {'req/s':>9} {'items/s':>9} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'errors':>6} {'cpu ms/req':>10}")
