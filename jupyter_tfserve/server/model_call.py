@@ -61,12 +61,12 @@ async def answer_call(settings: CallSettings, verb: str, target: Target, body: b
     """The status, the model version that answered (None for an error) and the JSON body."""
     try:
         if verb == "predict" and settings.decoders is not None and len(body) >= WORKER_MIN_BYTES:
-            answer = await _with_timeout(settings, _predict_elsewhere(settings, target, body, route_key))
+            answer = await with_timeout(settings, _predict_elsewhere(settings, target, body, route_key))
         else:
             parse = json_body.parse_predict_body if verb == "predict" else json_body.parse_json_body
             request = parse(body)
             target = Target(target.name, target.version, target.label, json_body.request_signature_name(request))
-            answer = await _with_timeout(settings, _call(settings, verb, target, request, body, route_key))
+            answer = await with_timeout(settings, _call(settings, verb, target, request, body, route_key))
         return 200, str(answer.version), _encode(verb, answer)
     except ServingError as error:
         return error.code.http_status, None, json_encode.encode_json({"error": message_for(caller, error.message)})
@@ -140,7 +140,7 @@ def _encode(verb: str, answer: Answer) -> bytes:
     return json_encode.encode_json({"results": answer.results})
 
 
-async def _with_timeout(settings: CallSettings, call):
+async def with_timeout(settings: CallSettings, call):
     if not settings.timeout_seconds:
         return await call
     try:

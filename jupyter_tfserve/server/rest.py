@@ -29,7 +29,7 @@ from ..engine.errors import ServingError, invalid_argument, not_found
 from ..engine.manager import status_to_json
 from ..wire import ENGINE_SECRET_ENV, ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
 from .auth import Access, Authenticator
-from .model_call import CallSettings, DirectModelCalls, answer_call, message_for, parse_target
+from .model_call import CallSettings, DirectModelCalls, answer_call, message_for, parse_target, with_timeout
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,11 @@ class ModelHandler(_Base):
         if version is not None:
             self.set_header(VERSION_HEADER, version)
         self.write_json(payload, status)
+
+
+    async def _with_timeout(self, call):
+        """V2's and Seldon's calls, under the same --rest_api_timeout_in_ms as TF Serving's."""
+        return await with_timeout(self.call_settings, call)
 
 
 class MalformedHandler(_OwnerOnly):
