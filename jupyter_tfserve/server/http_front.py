@@ -337,8 +337,6 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self.active is None and self.parsing is None:
-            self._arm_idle()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -502,6 +500,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
 
     def _arm_idle(self) -> None:
+        """From the end of one exchange, the next request's headers must be in within the idle time (as tornado's
+        ``idle_connection_timeout`` is its header timeout): armed once per exchange, not per packet."""
         if self.idle is not None:
             self.idle.cancel()
         self.idle = asyncio.get_running_loop().call_later(self.server.idle_seconds, self._idle_expired)

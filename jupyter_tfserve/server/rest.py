@@ -55,6 +55,7 @@ class _Base(tornado.web.RequestHandler):
         auth: Authenticator | None = None,
         decode_limits: DecodeLimits | None = None,
         decoders: DecodeWorkers | None = None,
+        call_settings: CallSettings | None = None,
     ) -> None:
         self.engine = engine
         self.timeout_seconds = timeout_seconds
@@ -62,7 +63,8 @@ class _Base(tornado.web.RequestHandler):
         self.auth = auth
         self.decode_limits = decode_limits or DecodeLimits()
         self.decoders = decoders
-        self.call_settings = CallSettings(engine, timeout_seconds, self.decode_limits, decoders)
+        # One per application (make_app), shared with the httptools layer's direct path.
+        self.call_settings = call_settings or CallSettings(engine, timeout_seconds, self.decode_limits, decoders)
         self._caller: Access | None = None
         self._chunks: list[bytes] = []
         self._size = 0
@@ -343,8 +345,10 @@ def make_app(
     """The REST application; ``decode_workers`` processes (0: none, decode inline) take large :predict bodies."""
     decode_limits = decode_limits or DecodeLimits()
     decoders = DecodeWorkers(decode_limits, decode_workers, drop_env=(ENGINE_SECRET_ENV,)) if decode_workers else None
-    options = {"engine": engine, "timeout_seconds": timeout_ms / 1000 if timeout_ms else None,
-               "max_body_bytes": max_body_bytes, "auth": auth, "decode_limits": decode_limits, "decoders": decoders}
+    timeout_seconds = timeout_ms / 1000 if timeout_ms else None
+    options = {"engine": engine, "timeout_seconds": timeout_seconds, "max_body_bytes": max_body_bytes, "auth": auth,
+               "decode_limits": decode_limits, "decoders": decoders,
+               "call_settings": CallSettings(engine, timeout_seconds, decode_limits, decoders)}
     routes: list = [
         (r"/v1/models/?", ModelListHandler, options),
         (r"/v1/models/[^/]+.*", ModelHandler, options),
@@ -358,8 +362,8 @@ def make_app(
     routes += v2_routes(options) + seldon_routes(options)
     if metrics_path:
         routes.insert(0, (re.escape(metrics_path), MetricsHandler, options))
-    direct = DirectModelCalls(CallSettings(engine, options["timeout_seconds"], decode_limits, decoders), auth=auth,
-                              max_body_bytes=max_body_bytes, reserved_paths=(metrics_path,) if metrics_path else ())
+    direct = DirectModelCalls(options["call_settings"], auth=auth, max_body_bytes=max_body_bytes,
+                              reserved_paths=(metrics_path,) if metrics_path else ())
     return tornado.web.Application(
         routes, default_handler_class=NotFoundHandler, default_handler_args=options, compress_response=False,
         decoders=decoders, control=control,  # control: the management API, for V2's repository load/unload
