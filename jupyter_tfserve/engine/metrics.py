@@ -76,6 +76,14 @@ class EngineMetrics:
             "tfserve_rest_direct_calls", "REST model calls the httptools layer answered without a tornado "
             "RequestHandler (--rest_direct_calls)", registry=self.registry,
         )
+        self.rest_front_process_calls = Counter(
+            "tfserve_rest_front_process_calls", "REST model calls a front-door process parsed and decoded "
+            "(--rest_front_processes)", registry=self.registry,
+        )
+        self.rest_front_process_handoffs = Counter(
+            "tfserve_rest_front_process_handoffs", "REST connections a front-door process handed to the engine "
+            "for a request it does not answer (a share token, a GET, a large body)", registry=self.registry,
+        )
         self.request_latency = Histogram(
             PREFIX + "request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",

@@ -30,8 +30,9 @@ from ..launcher import MANAGEMENT_HOST, EnginePorts
 from ..wire import ENGINE_SECRET_ENV
 from .auth import Authenticator
 from .control import Control, PathPolicy, allowed_model_paths
+from .front_processes import FrontProcesses, reserved_sockets
 from .grpc_server import ChannelArgumentError, make_grpc_server, parse_channel_arguments
-from .http_front import FrontDoor
+from .http_front import IDLE_CONNECTION_SECONDS, FrontDoor
 from .management import make_management_app
 from .rest import make_app
 from .state import StateStore
@@ -169,6 +170,8 @@ class EngineServer:
             raise ServeError(str(error)) from None
         if args.rest_http_layer not in ("httptools", "tornado"):
             raise ServeError(f"--rest_http_layer must be httptools or tornado, not {args.rest_http_layer!r}")
+        if args.rest_front_processes < 0 or (args.rest_front_processes and args.rest_http_layer != "httptools"):
+            raise ServeError("--rest_front_processes must be 0 or more, and needs --rest_http_layer=httptools")
         self.engine = Engine(engine_options(args))
         self.metrics_path = metrics_path(args)
         self.decode_limits = DecodeLimits(max_bytes=args.max_decoded_request_bytes,
@@ -188,6 +191,8 @@ class EngineServer:
         )
         set_version_trust(self.control.paths.version_trust())
         self._http: tornado.httpserver.HTTPServer | FrontDoor | None = None
+        self._front_processes: FrontProcesses | None = None
+        self._reserved: list = []  # the REST port's sockets, held while front-door processes listen on it
         self._decoders = None  # the REST app's decoding workers, stopped with it
         self._management: tornado.httpserver.HTTPServer | None = None
         self._grpc = None
@@ -204,13 +209,17 @@ class EngineServer:
                            control=self.control if args.model_repository_root else None)
             add_identity_route(app, self._secret)
             self._decoders = app.settings.get("decoders")
-            sockets = _bind(0 if "rest" in self._picked else args.rest_api_port, args.rest_api_host)
-            if args.rest_http_layer == "tornado":
+            port = 0 if "rest" in self._picked else args.rest_api_port
+            if args.rest_front_processes:
+                sockets = await self._start_front_processes(app, port)
+            elif args.rest_http_layer == "tornado":
+                sockets = _bind(port, args.rest_api_host)
                 self._http = tornado.httpserver.HTTPServer(
                     app, max_body_size=args.max_request_body_bytes + 1, xheaders=False, idle_connection_timeout=300
                 )
                 self._http.add_sockets(sockets)
             else:
+                sockets = _bind(port, args.rest_api_host)
                 self._http = FrontDoor(app, max_body_size=args.max_request_body_bytes + 1,
                                        direct=app.settings["direct_model_calls"] if args.rest_direct_calls else None)
                 await self._http.add_sockets(sockets)
@@ -262,6 +271,26 @@ class EngineServer:
             self._config_text = Path(args.model_config_file).read_text()
             self._tasks.append(loop.create_task(self._poll_config_file()))
 
+    async def _start_front_processes(self, app: tornado.web.Application, port: int) -> list:
+        """The REST port reserved here and listened on by front-door processes; this loop serves what they hand over."""
+        args = self.args
+        try:
+            self._reserved = sockets = reserved_sockets(port, args.rest_api_host)
+        except OSError as error:
+            raise ServeError(f"cannot listen on {args.rest_api_host}:{port}: {error.strerror or error}") from None
+        direct = app.settings["direct_model_calls"]
+        self._http = FrontDoor(app, max_body_size=args.max_request_body_bytes + 1,
+                               direct=direct if args.rest_direct_calls else None)
+        self._front_processes = FrontProcesses(
+            direct.settings, self._http, args.rest_front_processes, secret=self._secret,
+            require_auth=bool(args.require_auth), max_body_bytes=direct.max_body_bytes,
+            reserved_paths=direct.reserved_paths, idle_seconds=IDLE_CONNECTION_SECONDS)
+        try:
+            await self._front_processes.start(sockets)
+        except RuntimeError as error:
+            raise ServeError(str(error)) from None
+        return sockets
+
     async def _poll_config_file(self) -> None:
         path = Path(self.args.model_config_file)
         while True:
@@ -292,6 +321,10 @@ class EngineServer:
             task.cancel()
         if self._management is not None:
             self._management.stop()
+        if self._front_processes is not None:
+            await self._front_processes.stop()
+        for sock in self._reserved:
+            sock.close()
         if self._http is not None:
             self._http.stop()
             if self._decoders is not None:

@@ -199,6 +199,11 @@ def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     flag(engine, "rest_direct_calls", bool, True,
          "On the httptools layer, run an admitted :predict/:classify/:regress with a body under 256 KiB without "
          "building a tornado RequestHandler (the same answer, less CPU); false sends every request through tornado")
+    flag(engine, "rest_front_processes", int, 0,
+         "Processes that accept REST connections on the REST port beside the engine (SO_REUSEPORT), parse HTTP "
+         "and JSON for the owner's :predict/:classify/:regress calls and hand the decoded tensors to the engine, "
+         "which batches and runs them; they hand any other request, with its connection, to the engine. For "
+         "machines with cores to spare; 0 (the default): the engine's own event loop accepts every connection")
     flag(engine, "decode_workers", int, 2,
          "Processes that parse and decode REST :predict bodies of 256 KiB and more, so that the event loop "
          "never waits for them; 0 decodes every body in the engine's own event loop")

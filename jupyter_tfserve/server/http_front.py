@@ -304,8 +304,9 @@ class _Exchange:
 class _Connection(asyncio.Protocol):
     """One TCP connection: parses requests, runs them one at a time in order (pipelining included)."""
 
-    def __init__(self, server: FrontDoor) -> None:
+    def __init__(self, server: FrontDoor, preread: bytes = b"") -> None:
         self.server = server
+        self.preread = preread  # what a front-door process read from this connection before handing it over
         self.transport: asyncio.Transport | None = None
         self.context: _Context | None = None
         self.sockname: Any = None
@@ -333,6 +334,9 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.connections.add(self)
         self._arm_idle()
+        if self.preread:
+            preread, self.preread = self.preread, b""
+            self.data_received(preread)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -530,6 +534,10 @@ class FrontDoor:
         for sock in sockets:
             server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
             self._servers.append(server)
+
+    async def adopt(self, sock: socket.socket, preread: bytes) -> None:
+        """Serve a connection accepted elsewhere (a front-door process), from the first byte it did not answer."""
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: _Connection(self, preread), sock)
 
     def stop(self) -> None:
         """Stop accepting; connections in flight finish their exchange and are closed."""

@@ -15,31 +15,20 @@ import re
 import time
 from dataclasses import dataclass
 
-import tornado
 from tornado import httputil
 from tornado.log import access_log
 
 from ..engine.codecs import json_body, json_encode, json_example, json_predict
-from ..engine.codecs.decode_workers import WORKER_MIN_BYTES, DecodeWorkers
+from ..engine.codecs.decode_workers import WORKER_MIN_BYTES, DecodedBody, DecodeWorkers
 from ..engine.codecs.limits import DecodeBudget, DecodeLimits
 from ..engine.engine import LOAD_WAIT_SECONDS, Answer, Engine, Target
 from ..engine.errors import Code, ServingError, redact_paths
-from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
+from ..engine.signature import SignatureSpec
+from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER
 from .auth import OWNER, Access, Authenticator
+from .rest_wire import Dates, answer_bytes, call_from_head, parse_model_path
 
 log = logging.getLogger(__name__)
-
-MODEL_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$"
-)
-# TF Serving reads the version with absl::SimpleAtoi into an int64: ASCII digits only (superscript two is a
-# digit to str.isdigit, and int() refuses it: before, a 500 answered before the caller was authenticated).
-VERSION = re.compile(r"[0-9]{1,19}")
-INT64_MAX = (1 << 63) - 1
-CALL_VERBS = ("predict", "classify", "regress")
-
 
 @dataclass
 class CallSettings:
@@ -94,24 +83,36 @@ async def _call(settings: CallSettings, verb: str, target: Target, request: dict
 
 
 async def _predict_elsewhere(settings: CallSettings, target: Target, body: bytes, route_key: str | None) -> Answer:
-    """A large :predict body, parsed and decoded by a worker process for the version likely to answer.
+    """A large :predict body, parsed and decoded by a worker process for the version likely to answer."""
+    assert settings.decoders is not None
+    decoded = await settings.decoders.decode(body, await likely_signatures(settings.engine, target))
+    answer, _ = await predict_decoded(settings, target, decoded, body, route_key)
+    return answer
 
-    The worker needs the signatures before the engine picks the version, so they are read from the
-    version a plain lookup gives (the latest, or the one named). When the engine's pick has other
-    inputs (a traffic split between versions that differ, a reload in between), it is decoded here.
+
+async def likely_signatures(engine: Engine, target: Target) -> dict[str, SignatureSpec]:
+    """The signatures of the version a plain lookup gives (the latest, or the one named), for decoding elsewhere.
+
+    The body is decoded before the engine picks the version, so when its pick has other inputs (a
+    traffic split between versions that differ, a reload in between), it is decoded again inline.
+    No such version: {} (the engine answers why; the body is still checked first, as inline).
     """
-    manager = settings.engine.manager
+    manager = engine.manager
     if manager.is_loading(target.name, target.version, target.label):
         await manager.wait_for_load(target.name, target.version, target.label, LOAD_WAIT_SECONDS)
     try:
         with manager.acquire(target.name, target.version, target.label) as handle:
-            signatures = handle.servable.signatures
+            return dict(handle.servable.signatures)
     except ServingError:
-        signatures = {}  # the engine answers why; the worker still checks the body first, as inline
-    assert settings.decoders is not None
-    decoded = await settings.decoders.decode(body, signatures)
+        return {}
+
+
+async def predict_decoded(settings: CallSettings, target: Target, decoded: DecodedBody, body: bytes,
+                          route_key: str | None) -> tuple[Answer, bool]:
+    """A :predict whose body was decoded elsewhere; also whether it had to be decoded again here (stale)."""
     target = Target(target.name, target.version, target.label, decoded.signature_name)
     row_format: list[bool] = []
+    stale: list[bool] = []
 
     def decode(signature):
         if decoded.signature is not None and signature.inputs == decoded.signature.inputs:
@@ -121,6 +122,7 @@ async def _predict_elsewhere(settings: CallSettings, target: Target, body: bytes
             return decoded.inputs
         log.info("model %s: decoding a %d-byte body on the event loop (the answering version's inputs "
                  "differ from those it was decoded for)", target.name, len(body))
+        stale.append(True)
         inputs, row = json_predict.decode_predict_request(json_body.parse_predict_body(body), signature,
                                                           DecodeBudget(settings.decode_limits, len(body), body))
         row_format.append(row)
@@ -128,7 +130,7 @@ async def _predict_elsewhere(settings: CallSettings, target: Target, body: bytes
 
     answer = await settings.engine.predict(target, decode, entrypoint="REST", route_key=route_key)
     answer.row_format = row_format[0]
-    return answer
+    return answer, bool(stale)
 
 
 def _encode(verb: str, answer: Answer) -> bytes:
@@ -154,37 +156,14 @@ async def with_timeout(settings: CallSettings, call):
 
 def parse_target(path: str) -> tuple[Target, re.Match] | None:
     """The model, version or label a /v1/models path names, with the match; None when it names none."""
-    match = MODEL_PATH.match(path)
-    if match is None:
+    parsed = parse_model_path(path)
+    if parsed is None:
         return None
-    version = match.group("version")
-    if version is not None and (not VERSION.fullmatch(version) or int(version) > INT64_MAX):
-        return None
-    return Target(name=match.group("name"), version=int(version) if version is not None else None,
-                  label=match.group("label")), match
+    (name, version, label), match = parsed
+    return Target(name=name, version=version, label=label), match
 
 
 # -- the httptools layer's direct path ----------------------------------------------------------------
-
-
-_SERVER_HEADER = f"Server: TornadoServer/{tornado.version}\r\n".encode()
-_VERSION_HEADER = next(iter(httputil.HTTPHeaders({VERSION_HEADER: ""}))).encode()  # as tornado spells it
-_REASONS = httputil.responses
-
-
-class _Dates:
-    """tornado's Date header, formatted once a second rather than once a request."""
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.header = b""
-
-    def now(self) -> bytes:
-        second = int(time.time())
-        if second != self.second:
-            self.second = second
-            self.header = f"Date: {httputil.format_timestamp(second)}\r\n".encode()
-        return self.header
 
 
 class DirectModelCalls:
@@ -196,27 +175,16 @@ class DirectModelCalls:
         self.auth = auth
         self.max_body_bytes = min(max_body_bytes, WORKER_MIN_BYTES - 1)
         self.reserved_paths = reserved_paths
-        self.dates = _Dates()
+        self.dates = Dates()
         self.counted = settings.engine.metrics.rest_direct_calls
 
     def admit(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
               remote_ip: str) -> DirectCall | None:
-        if start_line.method != "POST" or start_line.version != "HTTP/1.1":
+        call = call_from_head(start_line, headers, self.max_body_bytes, self.reserved_paths)
+        if call is None:
             return None
-        path = start_line.path
-        if "?" in path or path in self.reserved_paths:
-            return None
-        length = headers.get("Content-Length")
-        if (length is None or not length.isdigit() or int(length) > self.max_body_bytes
-                or "Transfer-Encoding" in headers or "Expect" in headers):
-            return None
-        parsed = parse_target(path)
-        if parsed is None:
-            return None
-        target, match = parsed
-        verb = match.group("verb")
-        if verb not in CALL_VERBS or match.group("metadata"):
-            return None
+        verb, (name, version, label) = call
+        target = Target(name, version, label)
         try:
             caller = OWNER if self.auth is None else self.auth.authenticate(
                 headers.get(ENGINE_SECRET_HEADER), headers.get("Authorization"))
@@ -224,7 +192,8 @@ class DirectModelCalls:
         except ServingError:
             return None  # tornado's handler answers the refusal, before the body, as it always has
         self.counted.inc()
-        return DirectCall(self, verb, target, caller, headers.get(ROUTE_KEY_HEADER), f"POST {path} ({remote_ip})")
+        return DirectCall(self, verb, target, caller, headers.get(ROUTE_KEY_HEADER),
+                          f"POST {start_line.path} ({remote_ip})")
 
 
 class DirectCall:
@@ -246,17 +215,9 @@ class DirectCall:
         except Exception:
             log.exception("Uncaught exception in %s", self.verb)  # tornado's write_error: a 500 in our format
             status, version, payload = 500, None, json_encode.encode_json({"error": "Internal Server Error"})
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode()), _SERVER_HEADER,
-                b"Content-Type: application/json\r\n", self.calls.dates.now()]
-        if version is not None:
-            head.append(b"%s: %s\r\n" % (_VERSION_HEADER, version.encode()))
-        head.append(b"Content-Length: %d\r\n" % len(payload))
-        if close:
-            head.append(b"Connection: close\r\n")  # added last by tornado's connection, after Content-Length
-        head.append(b"\r\n")
         if status >= 400:
             self._log(status)
-        return b"".join(head) + payload
+        return answer_bytes(status, version, payload, close, self.calls.dates)
 
     def _log(self, status: int) -> None:
         """tornado's access log line (4xx as warnings, 5xx as errors), as its handler would write it."""

@@ -20,8 +20,8 @@ from ..engine.codecs.json_encode import encode_json
 from ..engine.engine import LOAD_WAIT_SECONDS, Target
 from ..engine.errors import Code, ServingError, invalid_argument, not_found
 from ..wire import ROUTE_KEY_HEADER, VERSION_HEADER
-from .model_call import VERSION
 from .rest import ModelHandler, _OwnerOnly
+from .rest_wire import VERSION
 
 log = logging.getLogger(__name__)
 

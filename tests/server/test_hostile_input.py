@@ -91,9 +91,14 @@ class Engine:
         return self.get("/monitoring/prometheus/metrics").text
 
 
-@pytest.fixture(scope="module", params=["httptools", "tornado"])
+LAYERS = {"httptools": ["--rest_http_layer=httptools"], "tornado": ["--rest_http_layer=tornado"],
+          "front-processes": ["--rest_http_layer=httptools", "--rest_front_processes=1"]}
+
+
+@pytest.fixture(scope="module", params=list(LAYERS))
 def engine(tmp_path_factory, request):
-    """The engine on each REST HTTP layer (--rest_http_layer): the same limits must hold on both."""
+    """The engine on each REST HTTP layer (--rest_http_layer), and behind a front-door process: the same limits
+    must hold on all three."""
     root = tmp_path_factory.mktemp("hostile")
     write_tf1_half_plus(root / "half", 1)
     write_tf2_half_plus(root / "tf2", 1)
@@ -110,7 +115,7 @@ def engine(tmp_path_factory, request):
     server = ServerProcess(
         ["--require_auth", f"--management_port={port}", f"--state_db={root / 'state.sqlite'}",
          f"--model_config_file={config}", f"--monitoring_config_file={monitoring}", "--rest_api_timeout_in_ms=60000",
-         f"--rest_http_layer={request.param}"],
+         *LAYERS[request.param]],
         root / "server.log", env={"TFSERVE_ENGINE_SECRET": SECRET})
     try:
         server.session.headers.update(OWNER)
@@ -494,7 +499,7 @@ def test_a_latin1_digit_in_the_raw_path_is_malformed_not_500(engine, digit):
     layer) refuses a raw byte past ASCII in the request target itself (RFC 3986 allows none), with a 400
     in TF Serving's error format, before any handler runs."""
     for credentials, status in ((b"", b"401"), (b"X-TFServe-Engine-Secret: " + SECRET.encode() + b"\r\n", b"400")):
-        if engine.http_layer == "httptools":
+        if engine.http_layer != "tornado":
             status = b"400"
         for line in (b"GET /v1/models/half/versions/" + digit, b"GET /v1/models/half/versions/" + digit + b"/metadata"):
             with socket.create_connection(("127.0.0.1", engine.server.rest_port), timeout=10) as sock:
