@@ -8,6 +8,9 @@ Builds half_plus_two (TF Serving's, from ../shared when present), an MLP 784-512
   - the in-process limit: the signature called directly through the engine's session callable;
   - jupyter-tfserve with batching off and on, over REST (wrk) and gRPC (grpc.aio client process), and the MLP
     over KServe V2 REST with binary tensors (wrk);
+  - jupyter-tfserve with batching and two REST front-door processes (--rest_front_processes=2), over REST,
+    with the CPU of the engine process alone beside that of all its processes: the engine's CPU per request
+    is what bounds its throughput on a machine with cores for more front doors;
   - a hand-written FastAPI endpoint (uvicorn) that calls the model per request;
   - LitServe with its batching on;
   - the HTTP ceiling: a no-op tornado handler;
@@ -45,6 +48,7 @@ from tests.helpers.server import free_port  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CONCURRENCY = (1, 8, 64)
+FRONT_PROCESSES = 2
 SHARED_HALF_PLUS_TWO = REPO.parent / "shared" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
 
 
@@ -68,7 +72,8 @@ class Result:
     items_per_s: float
     p50_ms: float
     p99_ms: float
-    cpu_ms_per_request: float | None = None
+    cpu_ms_per_request: float | None = None  # every process of the server
+    engine_cpu_ms_per_request: float | None = None  # the engine process alone (front doors: the one with models)
 
 
 def progress(message: str) -> None:
@@ -171,6 +176,10 @@ class Server:
         raise SystemExit(f"{name} did not become ready; log: {self.log.name}")
 
     def cpu_seconds(self) -> float:
+        """The server process and the processes it started (front doors, decoding or LitServe workers)."""
+        return process_cpu_seconds(self.process.pid) + sum(map(process_cpu_seconds, children(self.process.pid)))
+
+    def engine_cpu_seconds(self) -> float:
         return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
@@ -180,9 +189,23 @@ class Server:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process so far, from /proc (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User and system CPU of a process so far, from /proc (all its threads); 0 for one that is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
 
 
 def stop_process_group(process: subprocess.Popen) -> None:
@@ -207,7 +230,7 @@ OVERLOAD_CONCURRENCY = 128
 
 
 def start_engine(models: list[Model], directory: Path, batching: bool,
-                 batching_parameters: str = BATCHING) -> tuple[Server, int, int]:
+                 batching_parameters: str = BATCHING, front_processes: int = 0) -> tuple[Server, int, int]:
     config = directory / "models.config"
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{m.name}" base_path: "{m.base_path}" }}\n' for m in models) + "}\n")
@@ -218,12 +241,14 @@ def start_engine(models: list[Model], directory: Path, batching: bool,
                f"--model_config_file={config}", "--log_level=WARNING"]
     if batching:
         command += ["--enable_batching", f"--batching_parameters_file={params}"]
+    if front_processes:
+        command.append(f"--rest_front_processes={front_processes}")
 
     def all_available(response) -> bool:
         states = [s["state"] for m in response.json()["models"] for s in m["model_version_status"]]
         return len(states) == len(models) and set(states) == {"AVAILABLE"}
 
-    name = "jupyter-tfserve" + (" batching" if batching else "")
+    name = "jupyter-tfserve" + (" batching" if batching else "") + (" front doors" if front_processes else "")
     return Server(name, command, f"http://127.0.0.1:{rest}/v1/models", ready_check=all_available), rest, grpc_port
 
 
@@ -287,11 +312,14 @@ def overload(model: Model, directory: Path, seconds: float) -> dict:
 
 
 def measure(load: dict, model: str, server: str, protocol: str, concurrency: int,
-            cpu: float | None = None) -> Result:
+            cpu: float | None = None, engine_cpu: float | None = None) -> Result:
     rate = load["requests"] / load["seconds"]
+
+    def per_request(seconds: float | None) -> float | None:
+        return seconds * 1000 / load["requests"] if seconds is not None and load["requests"] else None
+
     return Result(model, server, protocol, concurrency, load["requests"], load["errors"], rate, rate,
-                  load["p50_ms"], load["p99_ms"],
-                  cpu * 1000 / load["requests"] if cpu is not None and load["requests"] else None)
+                  load["p50_ms"], load["p99_ms"], per_request(cpu), per_request(engine_cpu))
 
 
 def rest_runs(server: Server, url: str, body: Path, model: str, seconds: float, *, warm_up: bool = True,
@@ -302,10 +330,10 @@ def rest_runs(server: Server, url: str, body: Path, model: str, seconds: float, 
     results = []
     for concurrency in CONCURRENCY:
         progress(f"{server.name} {protocol} {model} c{concurrency}")
-        before = server.cpu_seconds() if cpu else None
+        before = (server.cpu_seconds(), server.engine_cpu_seconds()) if cpu else None
         load = run_wrk(url, body, concurrency, seconds, headers)
-        used = server.cpu_seconds() - before if before is not None else None
-        results.append(measure(load, model, server.name, protocol, concurrency, used))
+        used = (server.cpu_seconds() - before[0], server.engine_cpu_seconds() - before[1]) if before else (None, None)
+        results.append(measure(load, model, server.name, protocol, concurrency, *used))
     return results
 
 
@@ -382,6 +410,29 @@ def targets(results: list[Result], limits: dict, flood: dict | None = None) -> l
             value = refused["p99_ms"] / served["p50_ms"]
             ratio("overload: 503 p99 / 200 p50 (refusals come back before answers)", value, "< 1", value < 1)
     return rows
+
+
+def front_door_projection(results: list[Result]) -> list[str]:
+    """What front doors give here and what they would give with cores to spare.
+
+    With enough cores for the front doors, the engine process is the one that cannot be copied:
+    its CPU per request (the request path, batching, the model's run) bounds the request rate at
+    about 1000 / engine ms per request, less what the model's own threads need.
+    """
+    lines = []
+    for model in ("half_plus_two", "mlp", "cnn"):
+        alone = find(results, model, "jupyter-tfserve batching", "REST", 64)
+        fronted = find(results, model, "jupyter-tfserve batching front doors", "REST", 64)
+        if not alone or not fronted or not fronted.engine_cpu_ms_per_request or not alone.engine_cpu_ms_per_request:
+            continue
+        gain = alone.engine_cpu_ms_per_request / fronted.engine_cpu_ms_per_request
+        lines.append(
+            f"front doors, {model} REST c64: {fronted.req_per_s:.0f} req/s here against {alone.req_per_s:.0f} "
+            f"with one loop ({fronted.req_per_s / alone.req_per_s:.2f}x on {os.cpu_count()} cores); engine CPU "
+            f"{fronted.engine_cpu_ms_per_request:.3f} ms/request against {alone.engine_cpu_ms_per_request:.3f}: "
+            f"with cores for the front doors, up to {1000 / fronted.engine_cpu_ms_per_request:.0f} req/s against "
+            f"{1000 / alone.engine_cpu_ms_per_request:.0f} ({gain:.2f}x)")
+    return lines
 
 
 def plot(results: list[Result], path: Path, limits: dict) -> None:
@@ -467,6 +518,13 @@ def main() -> None:
                                                server.cpu_seconds() - before))
             finally:
                 server.stop()
+        server, rest, _ = start_engine(models, root, True, front_processes=FRONT_PROCESSES)
+        try:
+            for model in models:
+                url = f"http://127.0.0.1:{rest}/v1/models/{model.name}:predict"
+                results += rest_runs(server, url, root / f"{model.name}.json", model.name, seconds, cpu=True)
+        finally:
+            server.stop()
         port = free_port()
         env = {"MODELS": ",".join(f"{m.name}={m.base_path}" for m in models), "TF_CPP_MIN_LOG_LEVEL": "2"}
         fastapi = Server("FastAPI", [sys.executable, "-m", "uvicorn", "benchmarks.baselines.fastapi_app:app",
@@ -504,11 +562,15 @@ def main() -> None:
                 baseline.stop()
     print()
     print(f"{'model':14} {'server':26} {'proto':5} {'conc':>4} {'req/s':>9} {'items/s':>9} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'errors':>6} {'cpu ms/req':>10}")
+          f"{'p99 ms':>8} {'errors':>6} {'cpu ms/req':>10} {'engine cpu':>10}")
     for r in results:
         cpu = f"{r.cpu_ms_per_request:.3f}" if r.cpu_ms_per_request is not None else "-"
+        engine_cpu = f"{r.engine_cpu_ms_per_request:.3f}" if r.engine_cpu_ms_per_request is not None else "-"
         print(f"{r.model:14} {r.server:26} {r.protocol:5} {r.concurrency:>4} {r.req_per_s:>9.0f} "
-              f"{r.items_per_s:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {cpu:>10}")
+              f"{r.items_per_s:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {cpu:>10} {engine_cpu:>10}")
+    print()
+    for line in front_door_projection(results):
+        print(line)
     print()
     for name, limit in limits.items():
         print(f"in-process limit {name}: best {limit['best_items_per_s']:.0f} items/s "
@@ -526,7 +588,7 @@ def main() -> None:
         print(f"{'MET    ' if ok else 'NOT MET'} {label}: {value:.3f} (target {goal})")
     (RESULTS / "serving.json").write_text(json.dumps({
         "machine": {"cpus": os.cpu_count()}, "seconds_per_run": seconds, "in_process_limits": limits,
-        "results": [asdict(r) for r in results], "overload": flood,
+        "results": [asdict(r) for r in results], "overload": flood, "front_doors": front_door_projection(results),
         "targets": [{"label": label, "value": value, "target": goal, "met": ok} for label, value, goal, ok in rows],
     }, indent=1))
     plot(results, RESULTS / "serving.png", limits)
