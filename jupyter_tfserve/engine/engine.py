@@ -32,6 +32,7 @@ from .routing import Router, Shadow, compare_outputs
 from .servable import Servable
 from .signature import DEFAULT_SIGNATURE, SignatureSpec
 from .statistics import InferenceStatistics
+from .storage import DEFAULT_MAX_VERSION_BYTES
 from .warmup import read_warmup_records, run_warmup, warmup_file
 from .windows import LatencyWindows
 
@@ -52,6 +53,8 @@ class EngineOptions:
     # TF Serving's --enable_signature_method_name_check (default off, as there: TF2 exports mark
     # every signature "predict", and Classify/Regress still run on the ones shaped for them).
     enable_signature_method_name_check: bool = False
+    # --max_remote_version_bytes: the most one version in object storage may copy into the local cache.
+    max_remote_version_bytes: int = DEFAULT_MAX_VERSION_BYTES
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Engine:
             self._on_unload,
             allow_version_labels_for_unavailable_models=self.options.allow_version_labels_for_unavailable_models,
             on_config=self.request_log.configure,
+            max_remote_version_bytes=self.options.max_remote_version_bytes,
         )
         cores = os.cpu_count() or 1
         self._load_executor = concurrent.futures.ThreadPoolExecutor(

@@ -27,7 +27,7 @@ from .config import ModelConfig, ModelServerConfig
 from .errors import Code, ServingError, failed_precondition, invalid_argument, not_found, resource_exhausted
 from .servable import Servable
 from .source import aspired_versions, describe_policy, list_versions
-from .storage import base_path_problem
+from .storage import DEFAULT_MAX_VERSION_BYTES, base_path_problem
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,13 @@ class Manager:
         *,
         allow_version_labels_for_unavailable_models: bool = False,
         on_config: Callable[[ModelServerConfig], None] = lambda config: None,
+        max_remote_version_bytes: int = DEFAULT_MAX_VERSION_BYTES,
     ) -> None:
         self._on_config = on_config  # sees (and may refuse, raising) each config before it is applied
         self._load = load
         self._unload = unload
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self._max_remote_version_bytes = max_remote_version_bytes  # each copy from object storage, at most
         self._models: dict[str, _Model] = {}
         self._tasks: set[asyncio.Task] = set()
         self._config = ModelServerConfig()
@@ -245,7 +247,8 @@ class Manager:
             self.poll()
 
     def _reconcile(self, model: _Model) -> None:
-        on_disk = list_versions(model.config.base_path, model=model.config)
+        on_disk = list_versions(model.config.base_path, model=model.config,
+                                max_remote_version_bytes=self._max_remote_version_bytes)
         ready: list[int] = []
         for version, found in on_disk.items():
             if not found.complete:

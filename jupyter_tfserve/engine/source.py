@@ -186,11 +186,13 @@ def version_trust() -> VersionTrust | None:
 
 
 def list_versions(base_path: str | os.PathLike[str], trust: VersionTrust | None = None,
-                  model: ModelConfig | None = None) -> dict[int, VersionOnDisk]:
+                  model: ModelConfig | None = None,
+                  max_remote_version_bytes: int = storage.DEFAULT_MAX_VERSION_BYTES) -> dict[int, VersionOnDisk]:
     """Every numbered directory under ``base_path`` (``00000123`` is version 123).
 
     A remote base path (``s3://``, ``gs://``, ``hdfs://``, ``file://``) lists the local
-    copies of its versions (:mod:`.storage`); ``model``'s version policy picks which to copy.
+    copies of its versions (:mod:`.storage`); ``model``'s version policy picks which to copy, and
+    ``max_remote_version_bytes`` bounds each copy.
 
     Names that are not positive integers are ignored, which is what makes a
     temporary export directory (``.tmp-...``) invisible. With a :class:`VersionTrust`
@@ -198,7 +200,7 @@ def list_versions(base_path: str | os.PathLike[str], trust: VersionTrust | None 
     is listed as not complete, with the reason, and the path of one it accepts is resolved.
     """
     if isinstance(base_path, str) and storage.is_remote(base_path):
-        return _remote_versions(base_path, model)
+        return _remote_versions(base_path, model, max_remote_version_bytes)
     rule = trust or _trust
     base = Path(base_path)
     found: dict[int, VersionOnDisk] = {}
@@ -231,12 +233,12 @@ def list_versions(base_path: str | os.PathLike[str], trust: VersionTrust | None 
     return found
 
 
-def _remote_versions(url: str, model: ModelConfig | None) -> dict[int, VersionOnDisk]:
+def _remote_versions(url: str, model: ModelConfig | None, max_version_bytes: int) -> dict[int, VersionOnDisk]:
     """The finished local copies of a remote base path, and its incomplete versions with why."""
     def wanted(versions: list[int]) -> list[int]:
         return aspired_versions(model, versions) if model is not None else versions
 
-    copies, incomplete, _problem, refused = storage.remote_versions(url, wanted)
+    copies, incomplete, _problem, refused = storage.remote_versions(url, wanted, max_version_bytes)
     found = {version: VersionOnDisk(version, path, True, (str(path),)) for version, path in copies.items()}
     for version, why in incomplete.items():
         found.setdefault(version, VersionOnDisk(version, Path(f"{url.rstrip('/')}/{version}"), False, (), why))

@@ -15,11 +15,11 @@ finished sync at once and starts the next one in a worker thread. A listing that
 which the manager reports in its version status; other models are untouched.
 
 What is copied is bounded: a version whose listed objects add up to more than
-``--max_remote_version_bytes`` (:func:`set_max_version_bytes`), or more than the cache
-folder has free, is refused before a byte is fetched, and a copy that reads more than
-was listed (an object replaced by a bigger one, a server that lies) is aborted and its
-partial folder removed. A refused version is reported with why, as RESOURCE_EXHAUSTED,
-and the versions already served keep serving.
+``--max_remote_version_bytes`` (``EngineOptions.max_remote_version_bytes``, handed to each sync
+by the manager), or more than the cache folder has free, is refused before a byte is
+fetched, and a copy that reads more than was listed (an object replaced by a bigger one,
+a server that lies) is aborted and its partial folder removed. A refused version is
+reported with why, as RESOURCE_EXHAUSTED, and the versions already served keep serving.
 """
 
 from __future__ import annotations
@@ -49,18 +49,6 @@ MAX_VERSION_BYTES_FLAG = "--max_remote_version_bytes"
 # graph; variables of large language models run to tens of GiB), yet a bound on a mistyped base path.
 DEFAULT_MAX_VERSION_BYTES = 64 << 30
 _COPY_CHUNK = 1 << 20
-_max_version_bytes = DEFAULT_MAX_VERSION_BYTES
-
-
-def set_max_version_bytes(limit: int) -> None:
-    """Bound the bytes one version may copy from a bucket (``--max_remote_version_bytes``); 0 or less: none."""
-    global _max_version_bytes
-    _max_version_bytes = int(limit)
-
-
-def max_version_bytes() -> int:
-    """The bound :func:`set_max_version_bytes` set (0 or less: no bound)."""
-    return _max_version_bytes
 
 
 class CopyRefused(Exception):
@@ -177,10 +165,11 @@ class Mirror:
     lock: threading.Lock = field(default_factory=threading.Lock)
     running: Future | None = None
 
-    def sync(self, wanted: Callable[[list[int]], list[int]]) -> None:
-        """List, check and copy; never raises: a failure becomes :attr:`problem`."""
+    def sync(self, wanted: Callable[[list[int]], list[int]], max_version_bytes: int) -> None:
+        """List, check and copy (at most ``max_version_bytes`` a version; 0 or less: no bound); never raises:
+        a failure becomes :attr:`problem`."""
         try:
-            self._sync(wanted)
+            self._sync(wanted, max_version_bytes)
             self.problem = ""
         except Exception as error:  # bucket, credentials, network: the model's status says which
             # gcsfs and s3fs say only "b/<bucket>/o" or the key for a bucket or prefix that is not there.
@@ -190,7 +179,7 @@ class Mirror:
                 log.warning("%s", message)
             self.problem = message
 
-    def _sync(self, wanted: Callable[[list[int]], list[int]]) -> None:
+    def _sync(self, wanted: Callable[[list[int]], list[int]], max_version_bytes: int) -> None:
         fs, root = open_url(self.url)
         root = root.rstrip("/")
         entries = fs.ls(root, detail=True)
@@ -228,8 +217,8 @@ class Mirror:
                     (problems if incomplete else refused)[version] = why
                     continue
                 try:
-                    _check_room(self.url, version, items, cache)
-                    _copy_version(fs, self.url, version, folders[version], items, target)
+                    _check_room(self.url, version, items, cache, max_version_bytes)
+                    _copy_version(fs, self.url, version, folders[version], items, target, max_version_bytes)
                 except CopyRefused as why:
                     if why.fetched:  # fetched and failed: the same listing would fail the same way
                         failed[version] = (items, str(why), why.incomplete)
@@ -257,10 +246,9 @@ def _listed_size(info: dict) -> int:
     return int(size) if size is not None else -1
 
 
-def _check_room(url: str, version: int, items: tuple, cache: Path) -> None:
+def _check_room(url: str, version: int, items: tuple, cache: Path, limit: int) -> None:
     """Refuse, before fetching anything, a version larger than the bound or than the cache's free space."""
     total = sum(max(size, 0) for _name, size, _tag in items)
-    limit = max_version_bytes()
     if 0 < limit < total:
         raise CopyRefused(f"version {version} of {url} is {total} bytes, more than {MAX_VERSION_BYTES_FLAG}="
                           f"{limit}; it is not copied (raise {MAX_VERSION_BYTES_FLAG} to serve it)")
@@ -276,7 +264,7 @@ def _key(url: str, version: int, items: tuple) -> str:
     return f"{version}-{digest}"
 
 
-def _copy_version(fs: Any, url: str, version: int, folder: str, items: tuple, target: Path) -> None:
+def _copy_version(fs: Any, url: str, version: int, folder: str, items: tuple, target: Path, limit: int) -> None:
     """Copy the listed objects of one version into a temporary folder beside ``target``, then rename it in.
 
     Each object is read in chunks and counted, so a copy stops as soon as an object is
@@ -286,7 +274,6 @@ def _copy_version(fs: Any, url: str, version: int, folder: str, items: tuple, ta
     """
     from .source import check_complete
 
-    limit = max_version_bytes()
     scratch = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
         total = 0
@@ -328,19 +315,21 @@ _mirrors: dict[str, Mirror] = {}
 _mirrors_lock = threading.Lock()
 
 
-def remote_versions(url: str, wanted: Callable[[list[int]], list[int]]
+def remote_versions(url: str, wanted: Callable[[list[int]], list[int]],
+                    max_version_bytes: int = DEFAULT_MAX_VERSION_BYTES,
                     ) -> tuple[dict[int, Path], dict[int, str], str, dict[int, str]]:
     """``(version → local copy, version → why it is incomplete, base path problem, version → why it is
     complete in the bucket but not copied)`` from the last sync.
 
     Starts the next sync in a worker thread unless one is under way; ``wanted`` is the
-    version policy, so only the versions it would serve are copied.
+    version policy, so only the versions it would serve are copied, each bounded by
+    ``max_version_bytes`` (0 or less: no bound).
     """
     with _mirrors_lock:
         mirror = _mirrors.setdefault(url, Mirror(url))
     with mirror.lock:
         if mirror.running is None or mirror.running.done():
-            mirror.running = _workers.submit(mirror.sync, wanted)
+            mirror.running = _workers.submit(mirror.sync, wanted, max_version_bytes)
         return ({version: path for version, (path, _items) in mirror.snapshot.items()},
                 dict(mirror.problems), mirror.problem, dict(mirror.refused))
 

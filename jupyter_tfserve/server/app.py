@@ -94,6 +94,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         # --use_tflite_model is the flag's old name in TF Serving (cli.py warns when it is used).
         prefer_tflite_model=bool(args.prefer_tflite_model or args.use_tflite_model),
         enable_signature_method_name_check=bool(args.enable_signature_method_name_check),
+        max_remote_version_bytes=args.max_remote_version_bytes,
     )
 
 

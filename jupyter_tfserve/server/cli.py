@@ -337,10 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("%s", reason)
         return 1
     warn_ignored_flags(args)
-    from ..engine.storage import set_max_version_bytes
     from .app import ServeError, run_server
-
-    set_max_version_bytes(args.max_remote_version_bytes)  # module-wide, as the remote cache it bounds
 
     if args.command == "demo":
         from ..demo import write_demo_model

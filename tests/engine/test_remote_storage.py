@@ -52,16 +52,17 @@ def upload(client, local: Path, bucket: str, prefix: str, skip: tuple[str, ...] 
     upload_tree(s3_put(client), local, f"{bucket}/{prefix}", skip)
 
 
-def settle(url: str, wanted=lambda versions: versions, syncs: int = 3) -> tuple[dict, dict, str, dict]:
+def settle(url: str, wanted=lambda versions: versions, syncs: int = 3,
+           max_version_bytes: int = storage.DEFAULT_MAX_VERSION_BYTES) -> tuple[dict, dict, str, dict]:
     """Run ``syncs`` finished syncs (a new version is copied once it held still for one).
 
     Returns (copies, incomplete, base path problem, refused) as :func:`storage.remote_versions` does.
     """
     for _ in range(syncs):
-        storage.remote_versions(url, wanted)
+        storage.remote_versions(url, wanted, max_version_bytes)
         mirror = storage._mirrors[url]
         mirror.running.result(timeout=60)
-    return storage.remote_versions(url, wanted)
+    return storage.remote_versions(url, wanted, max_version_bytes)
 
 
 def test_completeness_by_object_names_follows_the_disk_rule():
@@ -134,13 +135,6 @@ def test_a_missing_bucket_and_bad_credentials_are_problems_not_exceptions(s3, mo
 
 
 @pytest.fixture
-def bound():
-    """``storage.set_max_version_bytes`` for this test; the default bound is back afterwards."""
-    yield storage.set_max_version_bytes
-    storage.set_max_version_bytes(storage.DEFAULT_MAX_VERSION_BYTES)
-
-
-@pytest.fixture
 def copies_made(monkeypatch) -> list[int]:
     """The versions the mirror started copying (the real copy runs; only the call is noted)."""
     started: list[int] = []
@@ -158,33 +152,36 @@ def version_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def test_the_default_bound_is_64_gib_and_the_engine_flag_sets_it():
+def test_the_default_bound_is_64_gib_and_the_engine_flag_sets_the_engines():
+    from jupyter_tfserve.engine.engine import Engine, EngineOptions
+    from jupyter_tfserve.server.app import engine_options
     from jupyter_tfserve.server.cli import build_parser
 
-    assert storage.max_version_bytes() == storage.DEFAULT_MAX_VERSION_BYTES == 64 << 30
+    assert EngineOptions().max_remote_version_bytes == storage.DEFAULT_MAX_VERSION_BYTES == 64 << 30
     args = build_parser().parse_args(["serve", "--max_remote_version_bytes=1000"])
-    assert args.max_remote_version_bytes == 1000
-    assert build_parser().parse_args(["serve"]).max_remote_version_bytes == 64 << 30
+    assert engine_options(args).max_remote_version_bytes == 1000
+    assert Engine(engine_options(args)).manager._max_remote_version_bytes == 1000
+    assert engine_options(build_parser().parse_args(["serve"])).max_remote_version_bytes == 64 << 30
 
 
 def test_a_version_over_the_bound_is_refused_from_its_listing_before_anything_is_fetched(
-        s3, tmp_path, bound, copies_made):
+        s3, tmp_path, copies_made):
     s3.create_bucket(Bucket="bounded")
     write_tf2_half_plus(tmp_path / "local", 1)
     upload(s3, tmp_path / "local" / "1", "bounded", "m/1")
     size = version_bytes(tmp_path / "local" / "1")
-    bound(size - 1)
-    copies, incomplete, problem, refused = settle("s3://bounded/m")
+    copies, incomplete, problem, refused = settle("s3://bounded/m", max_version_bytes=size - 1)
     assert copies == {} and incomplete == {} and problem == ""
     assert refused == {1: f"version 1 of s3://bounded/m is {size} bytes, more than --max_remote_version_bytes="
                           f"{size - 1}; it is not copied (raise --max_remote_version_bytes to serve it)"}
     assert copies_made == [], "refused from the listing, before a copy began"
     assert list((tmp_path / "cache").iterdir()) == []
-    listed = list_versions("s3://bounded/m")
+    listed = list_versions("s3://bounded/m", max_remote_version_bytes=size - 1)
     assert listed[1].refused and not listed[1].complete and "--max_remote_version_bytes" in listed[1].problem
 
-    bound(size)  # exactly the version's size is allowed; a refusal from the listing is checked again each sync
-    copies, _incomplete, _problem, refused = settle("s3://bounded/m", syncs=1)
+    # Exactly the version's size is allowed; a refusal from the listing is checked again each sync (two here:
+    # list_versions above started one with the lower bound, which the first waits for).
+    copies, _incomplete, _problem, refused = settle("s3://bounded/m", syncs=2, max_version_bytes=size)
     assert set(copies) == {1} and refused == {}
     assert copies_made == [1]
 
@@ -244,14 +241,13 @@ def test_an_object_that_grows_after_the_listing_aborts_the_copy_and_leaves_nothi
     assert cached_versions(tmp_path / "cache") == ["1"]
 
 
-def test_a_store_that_lists_no_sizes_is_still_bounded_while_copying(s3, tmp_path, bound, monkeypatch, copies_made):
+def test_a_store_that_lists_no_sizes_is_still_bounded_while_copying(s3, tmp_path, monkeypatch, copies_made):
     s3.create_bucket(Bucket="unsized")
     write_tf2_half_plus(tmp_path / "local", 1)
     upload(s3, tmp_path / "local" / "1", "unsized", "m/1")
     size = version_bytes(tmp_path / "local" / "1")
     monkeypatch.setattr(storage, "_listed_size", lambda info: -1)  # as a store whose listing has no sizes
-    bound(size // 2)
-    copies, _incomplete, _problem, refused = settle("s3://unsized/m")
+    copies, _incomplete, _problem, refused = settle("s3://unsized/m", max_version_bytes=size // 2)
     assert copies == {} and copies_made == [1], "one copy began, and the same listing is not fetched again"
     assert refused[1].startswith("copy of version 1 of s3://unsized/m aborted: it passed ")
     assert refused[1].endswith(f"bytes, more than --max_remote_version_bytes={size // 2}")
