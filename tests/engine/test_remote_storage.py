@@ -11,20 +11,17 @@ import pytest
 from jupyter_tfserve.engine import storage
 from jupyter_tfserve.engine.source import check_complete, list_versions
 from tests.helpers.models import write_tf2_half_plus
-from tests.helpers.remote import cached_versions, gcs_emulator, gcs_put, s3_put, upload_tree
+from tests.helpers.remote import cached_versions, gcs_store, moto_s3, s3_put, upload_tree
 from tests.helpers.server import free_port
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
-boto3 = pytest.importorskip("boto3", reason="boto3 comes with moto[server]")
+pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+pytest.importorskip("boto3", reason="boto3 comes with moto[server]")
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def s3_store(tmp_path_factory):
+    with moto_s3(tmp_path_factory.mktemp("cache")) as store:
+        yield store
 
 
 @pytest.fixture(autouse=True)
@@ -38,14 +35,11 @@ def fresh_mirrors():
 
 
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch, tmp_path):
+def s3(s3_store, monkeypatch, tmp_path):
     """A boto3 client and the environment a KServe user sets, with a private cache for this test."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint,
-                        storage.CACHE_ENV: str(tmp_path / "cache")}.items():
+    for name, value in {**s3_store.env, storage.CACHE_ENV: str(tmp_path / "cache")}.items():
         monkeypatch.setenv(name, value)
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    return client
+    return s3_store.client
 
 
 def upload(client, local: Path, bucket: str, prefix: str, skip: tuple[str, ...] = ()) -> None:
@@ -277,11 +271,12 @@ def test_file_urls_and_hdfs_without_a_hadoop_client(tmp_path, monkeypatch):
 def test_a_version_in_gcs_is_copied_from_the_emulator(tmp_path, monkeypatch):
     pytest.importorskip("gcp_storage_emulator.server", reason="gcp-storage-emulator is in the test extra")
     pytest.importorskip("gcsfs.core", reason="gcsfs is in the storage extra")
-    with gcs_emulator(default_bucket="gcs-models") as endpoint:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
-        monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    with gcs_store(tmp_path / "cache") as store:
+        for name, value in store.env.items():
+            monkeypatch.setenv(name, value)
+        store.make_bucket("gcs-models")
         write_tf2_half_plus(tmp_path / "local", 5)
-        upload_tree(gcs_put(endpoint), tmp_path / "local" / "5", "gcs-models/m/5")
+        store.upload(tmp_path / "local" / "5", "gcs-models/m/5")
         try:
             copies, incomplete, problem, refused = settle("gs://gcs-models/m")
         finally:

@@ -1,8 +1,9 @@
 """Object-storage servers for tests (moto for S3, gcp-storage-emulator for GCS) and what every remote test does.
 
 The S3 and GCS engine tests run the same scenarios (a version goes live while requests
-flow; a missing bucket is one model's status): the scenarios live here once, and each
-test only says how to put a file in its bucket.
+flow; a missing bucket is one model's status): the scenarios live here once, and both
+stores come as one shape, :class:`ObjectStore` (make a bucket, upload a folder, the
+environment an engine needs to reach it), from :func:`moto_s3` and :func:`gcs_store`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.helpers.server import ServerProcess, free_port
@@ -35,6 +37,59 @@ def s3_put(client) -> Put:
         client.upload_file(str(local), bucket, name)
 
     return put
+
+
+@dataclass
+class ObjectStore:
+    """A running S3 or GCS server for one test, as the engine and the test see it."""
+
+    scheme: str  # "s3" or "gs"
+    endpoint: str
+    env: dict[str, str]  # what a user of this store sets for the engine (endpoint, credentials, cache folder)
+    put: Put
+    make_bucket: Callable[[str], None]
+    client: object = None  # the store's own client (boto3 for S3), for what a test does beyond uploading
+
+    def upload(self, local: Path, prefix: str, skip: tuple[str, ...] = ()) -> None:
+        """Every file under ``local`` to ``bucket/prefix/...`` (``prefix`` starts with the bucket)."""
+        upload_tree(self.put, local, prefix, skip)
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://{path}"
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+@contextmanager
+def moto_s3(cache: Path) -> Iterator[ObjectStore]:
+    """moto's S3 server on 127.0.0.1 (a thread of this process), with ``cache`` as the engine's remote cache."""
+    import boto3
+    import moto.server
+
+    server = moto.server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    try:
+        yield ObjectStore("s3", endpoint, {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint,
+                                           "TFSERVE_REMOTE_CACHE": str(cache)},
+                          s3_put(client), lambda bucket: client.create_bucket(Bucket=bucket), client)
+    finally:
+        server.stop()
+
+
+@contextmanager
+def gcs_store(cache: Path) -> Iterator[ObjectStore]:
+    """gcp-storage-emulator on 127.0.0.1, with ``cache`` as the engine's remote cache."""
+    from gcsfs.core import GCSFileSystem
+
+    with gcs_emulator() as endpoint:
+        fs = GCSFileSystem(token="anon", endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False)
+        yield ObjectStore("gs", endpoint, {"STORAGE_EMULATOR_HOST": endpoint, "TFSERVE_REMOTE_CACHE": str(cache)},
+                          gcs_put(endpoint), fs.mkdir)
 
 
 def predict(server: ServerProcess, model: str) -> tuple[float, int]:
@@ -98,7 +153,7 @@ def cached_versions(cache: Path) -> list[str]:
 
 
 @contextmanager
-def gcs_emulator(default_bucket: str | None = None) -> Iterator[str]:
+def gcs_emulator() -> Iterator[str]:
     """A gcp-storage-emulator (in memory) on 127.0.0.1 in this process; yields ``STORAGE_EMULATOR_HOST``.
 
     In-process because it is a plain ``http.server`` thread with nothing to install; the
@@ -108,7 +163,7 @@ def gcs_emulator(default_bucket: str | None = None) -> Iterator[str]:
 
     # One INFO line per request, and a traceback whenever a client closes a read early.
     logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
-    server = create_server("127.0.0.1", free_port(), in_memory=True, default_bucket=default_bucket)
+    server = create_server("127.0.0.1", free_port(), in_memory=True)
     server.start()
     host, port = server._api._httpd.server_address[:2]
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import requests
 
@@ -12,49 +10,35 @@ from jupyter_tfserve.server.control import PathPolicy
 from tests.helpers.models import write_tf2_half_plus
 from tests.helpers.remote import (
     cached_versions,
+    moto_s3,
     predict,
-    s3_put,
-    upload_tree,
     version_status,
     versions_seen_while,
     wait_for_error,
 )
 from tests.helpers.server import free_port, write_models_config
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
-boto3 = pytest.importorskip("boto3", reason="boto3 comes with moto[server]")
+pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+pytest.importorskip("boto3", reason="boto3 comes with moto[server]")
 
 
 @pytest.fixture
-def s3(tmp_path):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint, "TFSERVE_REMOTE_CACHE": str(tmp_path / "cache")}
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    yield client, env
-    server.stop()
+def store(tmp_path):
+    with moto_s3(tmp_path / "cache") as store:
+        yield store
 
 
-def upload(client, local: Path, bucket: str, prefix: str) -> None:
-    upload_tree(s3_put(client), local, f"{bucket}/{prefix}")
-
-
-def test_a_model_in_s3_is_served_and_a_new_version_goes_live_with_no_failed_request(tmp_path, s3, start_server):
-    client, env = s3
-    client.create_bucket(Bucket="models")
+def test_a_model_in_s3_is_served_and_a_new_version_goes_live_with_no_failed_request(tmp_path, store, start_server):
+    store.make_bucket("models")
     write_tf2_half_plus(tmp_path / "local", 1, b=2.0)
-    upload(client, tmp_path / "local" / "1", "models", "half/1")
-    server = start_server("--model_base_path=s3://models/half", "--model_name=half", env=env)
+    store.upload(tmp_path / "local" / "1", "models/half/1")
+    server = start_server("--model_base_path=s3://models/half", "--model_name=half", env=store.env)
     server.wait_for_versions("half", {1})
     assert predict(server, "half") == (3.0, 1)
 
     write_tf2_half_plus(tmp_path / "local", 2, b=10.0)
     seen, failures = versions_seen_while(
-        server, "half", lambda: upload(client, tmp_path / "local" / "2", "models", "half/2"), 2)
+        server, "half", lambda: store.upload(tmp_path / "local" / "2", "models/half/2"), 2)
     assert failures == []
     assert seen == {1, 2}
     assert predict(server, "half") == (11.0, 2)
@@ -62,12 +46,11 @@ def test_a_model_in_s3_is_served_and_a_new_version_goes_live_with_no_failed_requ
     assert "2" in cached and not [name for name in cached if name.startswith(".tmp")]
 
 
-def test_a_missing_bucket_is_that_models_status_and_the_other_model_keeps_serving(tmp_path, s3, start_server):
-    _client, env = s3
+def test_a_missing_bucket_is_that_models_status_and_the_other_model_keeps_serving(tmp_path, store, start_server):
     write_tf2_half_plus(tmp_path / "local", 1, b=2.0)
     config = write_models_config(tmp_path / "models.config",
                                  {"local": tmp_path / "local", "lost": "s3://no-such-bucket/lost"})
-    server = start_server(f"--model_config_file={config}", env=env)
+    server = start_server(f"--model_config_file={config}", env=store.env)
     server.wait_for_versions("local", {1})
 
     status = wait_for_error(server, "lost", "no-such-bucket")
@@ -78,19 +61,18 @@ def test_a_missing_bucket_is_that_models_status_and_the_other_model_keeps_servin
 
 
 def test_a_version_over_max_remote_version_bytes_is_refused_in_status_and_the_last_one_keeps_serving(
-        tmp_path, s3, start_server):
-    client, env = s3
-    client.create_bucket(Bucket="sized")
+        tmp_path, store, start_server):
+    store.make_bucket("sized")
     write_tf2_half_plus(tmp_path / "local", 1, b=2.0)
-    upload(client, tmp_path / "local" / "1", "sized", "half/1")
+    store.upload(tmp_path / "local" / "1", "sized/half/1")
     size = sum(p.stat().st_size for p in (tmp_path / "local" / "1").rglob("*") if p.is_file())
     limit = size + 4096
     server = start_server("--model_base_path=s3://sized/half", "--model_name=half",
-                          f"--max_remote_version_bytes={limit}", env=env)
+                          f"--max_remote_version_bytes={limit}", env=store.env)
     server.wait_for_versions("half", {1})
     write_tf2_half_plus(tmp_path / "local", 2, b=10.0)
     (tmp_path / "local" / "2" / "assets" / "padding.bin").write_bytes(b"\0" * 65536)  # 64 KiB over the bound
-    upload(client, tmp_path / "local" / "2", "sized", "half/2")
+    store.upload(tmp_path / "local" / "2", "sized/half/2")
     status = wait_for_error(server, "half", "--max_remote_version_bytes", version=2)
     big = sum(p.stat().st_size for p in (tmp_path / "local" / "2").rglob("*") if p.is_file())
     assert status["state"] == "END" and status["status"]["error_code"] == "RESOURCE_EXHAUSTED"
@@ -113,15 +95,14 @@ def test_remote_base_paths_are_accepted_only_under_an_allowed_prefix(tmp_path):
     assert policy.resolve(str(tmp_path / "m")) == str(tmp_path / "m")
 
 
-def test_the_management_api_loads_from_an_allowed_bucket_prefix_only(tmp_path, s3, start_server):
-    client, env = s3
-    client.create_bucket(Bucket="team")
+def test_the_management_api_loads_from_an_allowed_bucket_prefix_only(tmp_path, store, start_server):
+    store.make_bucket("team")
     write_tf2_half_plus(tmp_path / "local", 1, b=2.0)
-    upload(client, tmp_path / "local" / "1", "team", "models/half/1")
+    store.upload(tmp_path / "local" / "1", "team/models/half/1")
     management = free_port()
     server = start_server("--require_auth", f"--management_port={management}",
                           f"--model_repository_root={tmp_path / 'repo'}", "--allowed_model_path=s3://team/models",
-                          env={**env, "TFSERVE_ENGINE_SECRET": "secret"})
+                          env={**store.env, "TFSERVE_ENGINE_SECRET": "secret"})
     owner = {"X-TFServe-Engine-Secret": "secret"}
     api = f"http://127.0.0.1:{management}/api/models"
     refused = requests.post(api, json={"name": "other", "base_path": "s3://team/elsewhere/half"}, headers=owner,
