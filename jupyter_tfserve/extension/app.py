@@ -8,13 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-import aiohttp
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Int, List, Unicode, default
 
 from ..launcher import EngineSettings, private_directory, write_private_text
 from ..launcher import engine_environment as scrubbed_environment
+from .engine_client import EngineClient
 from .handlers import (
     AcceptedTokens,
     DeployHandler,
@@ -139,9 +139,10 @@ class TFServeExtension(ExtensionApp):
             extra_env=dict(self.engine_environment),
         ))
         self._start_task: asyncio.Task | None = None
-        self._http_session: aiohttp.ClientSession | None = None
+        # Keep-alive connections to the engine for every forwarded request (engine_client.py).
+        self.engine_client = EngineClient(timeout=PROXY_TIMEOUT_SECONDS)
         self.settings.update({"tfserve_supervisor": self.supervisor, "tfserve_ensure_engine": self.ensure_engine,
-                              "tfserve_http_session": self.http_session,
+                              "tfserve_engine_client": self.engine_client,
                               "tfserve_max_request_body_bytes": self.max_request_body_bytes,
                               "tfserve_accepted_tokens": AcceptedTokens()})
 
@@ -191,16 +192,6 @@ class TFServeExtension(ExtensionApp):
             (r"/tfserve/api/(.*)", ManagementProxyHandler),
         ])
 
-    def http_session(self) -> aiohttp.ClientSession:
-        """One pool of keep-alive connections to the engine, made on the server's event loop."""
-        if self._http_session is None or self._http_session.closed:
-            self._http_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_SECONDS),
-                auto_decompress=False,
-            )
-        return self._http_session
-
     def ensure_engine(self) -> asyncio.Task:
         """Start the engine once (in the background); awaiting the task waits until it answers."""
         if self._start_task is None:
@@ -220,6 +211,5 @@ class TFServeExtension(ExtensionApp):
     async def stop_extension(self) -> None:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
-        if self._http_session is not None:
-            await self._http_session.close()
+        self.engine_client.close()
         await self.supervisor.stop()

@@ -15,6 +15,13 @@ owner-only question to its management port, remembered for a few seconds) for
 the model and verb the path names. A refusal is answered at once and the body is
 never read (Tornado then closes the connection; a client that sent
 ``Expect: 100-continue`` never sends it at all).
+
+A share-token request skips jupyter_server's identity step (``IdentityProvider.get_user``):
+it is never the Jupyter user, whatever cookies it carries, and no login cookie is set or
+cleared for it. Jupyter's host check, CORS headers and origin check still apply.
+
+Bodies go to the engine as the chunks Tornado handed over, through the extension's own
+keep-alive client (``engine_client.py``), and answers come back as the engine wrote them.
 """
 
 from __future__ import annotations
@@ -26,15 +33,16 @@ import re
 import time
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import tornado.web
 from jupyter_core.utils import ensure_async
+from jupyter_server import CallContext
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.auth.utils import HTTP_METHOD_TO_AUTH_ACTION
 from jupyter_server.base.handlers import APIHandler
 
 from ..launcher import TOKEN_CHECK_PATH
 from ..wire import ROUTE_KEY_HEADER, VERSION_HEADER, bearer_token
+from .engine_client import EngineClient, EngineResponse, EngineUnavailable
 
 FORWARDED_REQUEST_HEADERS = ("Content-Type", ROUTE_KEY_HEADER)
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", VERSION_HEADER)
@@ -50,6 +58,9 @@ TOKEN_CHECK_ENTRIES = 4096
 _MODEL_PATH = re.compile(r"models/(?P<model>[^/:]+)(?:/(?:versions|labels)/[^/:]+)?(?::(?P<verb>[A-Za-z]+))?")
 # A V2 body-carrying path: only .../infer has a model and verb a share token may hold (its "predict").
 _V2_INFER_PATH = re.compile(r"models/(?P<model>[^/]+)(?:/versions/[^/]+)?/infer")
+_UNSET = object()
+# What a share token's bearer may send to tfserve/v1 and tfserve/v2 (OPTIONS: CORS preflight).
+_SHARE_TOKEN_METHODS = frozenset({"GET", "POST", "OPTIONS"})
 
 
 class AcceptedTokens:
@@ -98,7 +109,7 @@ class _EngineHandler(APIHandler):
     async def prepare(self) -> None:
         """After the headers, before any body byte: Jupyter's checks, then this handler's credential."""
         self._chunks: list[bytes] = []
-        await super().prepare()
+        await self.prepare_jupyter()
         if self._finished:
             return
         await self.admit()
@@ -110,6 +121,10 @@ class _EngineHandler(APIHandler):
                                          f"{self.body_limit} bytes")
             return
         self.request.connection.set_max_body_size(self.body_limit)
+
+    async def prepare_jupyter(self) -> None:
+        """Jupyter's own ``prepare``: its host check, the Jupyter identity, CORS, XSRF, the origin check."""
+        await super().prepare()
 
     async def admit(self) -> None:
         """Refuse (raise or finish) unless the request's credential is good; the Jupyter user by default."""
@@ -129,8 +144,32 @@ class _EngineHandler(APIHandler):
         self._chunks.append(chunk)
 
     @property
-    def body(self) -> bytes:
-        return b"".join(self._chunks)
+    def engine_client(self) -> EngineClient:
+        return self.settings["tfserve_engine_client"]
+
+    async def ask_engine(self, method: str, url: str, headers: dict[str, str],
+                         body: list[bytes] | None = None) -> EngineResponse | None:
+        """One request to the engine; None once a 503 (it did not answer) or a 400 (unsendable) is written."""
+        try:
+            return await self.engine_client.request(method, url, headers, body)
+        except EngineUnavailable as error:
+            self.write_engine_error(503, f"The tfserve engine did not answer: {error}")
+        except TimeoutError:
+            self.write_engine_error(503, f"The tfserve engine did not answer within "
+                                         f"{self.engine_client.timeout:.0f} s")
+        except ValueError as error:
+            self.write_engine_error(400, str(error))
+        return None
+
+    def relay(self, response: EngineResponse, header_names: tuple[str, ...] = FORWARDED_RESPONSE_HEADERS) -> None:
+        """Answer with the engine's status, body and the named headers (its Content-Type included)."""
+        self.set_status(response.status)
+        for name in header_names:
+            value = response.headers.get(name.lower())
+            if value is not None:
+                self.set_header(name, value)
+        # APIHandler.finish sets Content-Type itself: give it the engine's.
+        self.finish(response.body or None, set_content_type=response.headers.get("content-type", "application/json"))
 
     async def engine_ready(self) -> bool:
         """Wait (bounded) for the engine; answer 503 when it is not there."""
@@ -149,35 +188,21 @@ class _EngineHandler(APIHandler):
     async def forward(self, url: str, headers: dict[str, str]) -> None:
         """Send this request to the engine and its answer back, bodies unchanged.
 
-        Connections to the engine are kept alive and reused (a new TCP connection per
-        request cost about 1 ms at p50). A connection the engine closed (it restarted)
-        fails before any byte is processed, so that one case is retried once.
+        Through the extension's EngineClient (engine_client.py): keep-alive connections, the
+        body sent as the chunks it arrived in, and one retry when a pooled connection turns
+        out closed (the engine restarted) before any byte of the answer; 503 otherwise.
         """
         if not await self.engine_ready():
             return
+        request_headers = self.request.headers
         for name in FORWARDED_REQUEST_HEADERS:
-            if name in self.request.headers:
-                headers[name] = self.request.headers[name]
-        body = self.body if self.request.method in BODY_METHODS else None
-        session: aiohttp.ClientSession = self.settings["tfserve_http_session"]()
-        for attempt in (1, 2):
-            try:
-                async with session.request(self.request.method, url, data=body,
-                                           headers=headers, allow_redirects=False) as response:
-                    answer = await response.read()
-                    break
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
-                if attempt == 2:
-                    self.write_engine_error(503, f"The tfserve engine did not answer: {error}")
-                    return
-            except (aiohttp.ClientError, TimeoutError) as error:
-                self.write_engine_error(503, f"The tfserve engine did not answer: {error!r}")
-                return
-        self.set_status(response.status)
-        for name in FORWARDED_RESPONSE_HEADERS:
-            if name in response.headers:
-                self.set_header(name, response.headers[name])
-        self.finish(answer)
+            value = request_headers.get(name)
+            if value is not None:
+                headers[name] = value
+        method = self.request.method
+        response = await self.ask_engine(method, url, headers, self._chunks if method in BODY_METHODS else None)
+        if response is not None:
+            self.relay(response)
 
 
 class ProxyHandler(_EngineHandler):
@@ -194,14 +219,43 @@ class ProxyHandler(_EngineHandler):
     def body_limit(self) -> int:  # type: ignore[override]
         return self.settings.get("tfserve_max_request_body_bytes", DEFAULT_BODY_LIMIT)
 
+    _bearer: object = _UNSET  # the share token (str), None, or not read yet
+
     def _share_token(self) -> str | None:
-        return bearer_token(self.request.headers.get("Authorization"))
+        if self._bearer is _UNSET:
+            self._bearer = bearer_token(self.request.headers.get("Authorization"))
+        return self._bearer  # type: ignore[return-value]
 
     def check_xsrf_cookie(self) -> None:
         # XSRF protects ambient credentials (cookies); a bearer token is sent on purpose.
         if self._share_token() is not None:
             return None
         return super().check_xsrf_cookie()
+
+    async def prepare_jupyter(self) -> None:
+        """Jupyter's full ``prepare`` for the Jupyter user; for a share token, its checks minus the identity.
+
+        jupyter_server's identity step (``IdentityProvider.get_user``) is not run for a share
+        token's bearer: it would look for the Jupyter token and the login cookie, could make
+        the request the Jupyter user (a login cookie sent along), and may set a cookie (an
+        anonymous user's where Jupyter runs without auth) or clear one (a stale cookie). None
+        of that is for a share token, which is forwarded alone and has no Jupyter identity.
+        What stays is what does not depend on who asks: the host check, CORS headers and the
+        origin check. XSRF is for ambient credentials (cookies) and is skipped as before; the
+        methods are ``@allow_unauthenticated`` (checked here, in ``admit``).
+        """
+        if self._share_token() is None:
+            await super().prepare_jupyter()
+            return
+        CallContext.set(CallContext.JUPYTER_HANDLER, self)
+        self.current_user = self._jupyter_current_user = None  # never the Jupyter user
+        if not self.check_host():
+            raise tornado.web.HTTPError(403)
+        if self.request.method not in _SHARE_TOKEN_METHODS:  # refused before any token check or body
+            raise tornado.web.HTTPError(405)
+        self.set_cors_headers()
+        if not self.check_origin():
+            raise tornado.web.HTTPError(404)
 
     async def admit(self) -> None:
         token = self._share_token()
@@ -226,20 +280,13 @@ class ProxyHandler(_EngineHandler):
         if key in accepted:
             return
         url = f"{supervisor.management_url}{TOKEN_CHECK_PATH}?{urlencode({'model': model, 'verb': verb})}"
-        session: aiohttp.ClientSession = self.settings["tfserve_http_session"]()
-        try:
-            async with session.get(url, headers={**supervisor.secret_headers, "Authorization": f"Bearer {token}"},
-                                   allow_redirects=False) as response:
-                answer = await response.content.read(64 * 1024)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            self.write_engine_error(503, f"The tfserve engine did not answer: {error!r}")
+        response = await self.ask_engine("GET", url, {**supervisor.secret_headers, "Authorization": f"Bearer {token}"})
+        if response is None:
             return
         if response.status == 204:
             accepted.add(key)
             return
-        self.set_status(response.status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(answer)
+        self.relay(response, ())
 
     api_prefix = "v1"
 
@@ -351,21 +398,15 @@ class DeployHandler(_EngineHandler):
         if not await self.engine_ready():
             return
         supervisor = self.supervisor
-        session: aiohttp.ClientSession = self.settings["tfserve_http_session"]()
-        try:
-            async with session.get(f"{supervisor.management_url}/api/config", headers=supervisor.secret_headers,
-                                   allow_redirects=False) as response:
-                answer = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as error:
-            self.write_engine_error(503, f"The tfserve engine did not answer: {error!r}")
+        response = await self.ask_engine("GET", f"{supervisor.management_url}/api/config",
+                                         dict(supervisor.secret_headers))
+        if response is None:
             return
         if response.status != 200:
-            self.set_status(response.status)
-            self.set_header("Content-Type", "application/json")
-            self.finish(answer)
+            self.relay(response, ())
             return
         try:
-            running = json.loads(answer)
+            running = json.loads(response.body)
             files, notes = running_manifests(
                 running, self.get_query_argument("target", "kubernetes"),
                 model=self.get_query_argument("model", ""), name=self.get_query_argument("name", "tfserve") or
