@@ -9,15 +9,14 @@ import time
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from tests.helpers.jupyter import extension_config
+
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 
 @pytest.fixture
 def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_tfserve": True}},
-        "TFServeExtension": {"state_dir": str(tmp_path / "tfserve-state"), "demo_model": True},
-    }
+    return extension_config(tmp_path / "tfserve-state", demo_model=True)
 
 
 @pytest.mark.timeout(240)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.helpers.jupyter import extension_config
 from tests.helpers.models import write_tf1_half_plus
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
@@ -25,11 +26,7 @@ def repository(tmp_path):
 
 @pytest.fixture
 def jp_server_config(tmp_path, repository):
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_tfserve": True}},
-        "TFServeExtension": {"state_dir": str(tmp_path / "tfserve-state"),
-                             "model_repository_root": str(repository)},
-    }
+    return extension_config(tmp_path / "tfserve-state", model_repository_root=str(repository))
 
 
 async def deploy(jp_fetch, **query: str) -> tuple[int, str, str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from tests.helpers.jupyter import extension_config
+
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 
@@ -22,10 +24,7 @@ def jp_server_config(tmp_path, model_zoo):
     (state / "models.config").write_text(
         f'model_config_list {{ config {{ name: "half" base_path: "{model_zoo["tf2_half_plus_two"]}" }} }}'
     )
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_tfserve": True}},
-        "TFServeExtension": {"state_dir": str(state)},
-    }
+    return extension_config(state)
 
 
 async def _started(jp_serverapp):

@@ -11,7 +11,7 @@ import pytest
 import requests
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.helpers.jupyter import JupyterServerProcess
+from tests.helpers.jupyter import JupyterServerProcess, extension_config
 from tests.helpers.models import write_tf1_half_plus
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
@@ -27,11 +27,7 @@ def repository(tmp_path):
 
 @pytest.fixture
 def jp_server_config(tmp_path, repository):
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_tfserve": True}},
-        "TFServeExtension": {"state_dir": str(tmp_path / "tfserve-state"),
-                             "model_repository_root": str(repository)},
-    }
+    return extension_config(tmp_path / "tfserve-state", model_repository_root=str(repository))
 
 
 class Owner:
@@ -148,6 +144,8 @@ async def test_a_share_token_reaches_one_model_and_nothing_else(jp_fetch, jp_ser
         ("tfserve/v1/models/ab/metadata", "GET", None): 403,
         ("tfserve/v1/models/ab:regress", "POST", '{"examples": []}'): 403,
         ("tfserve/v1/models", "GET", None): 403,
+        ("tfserve/v1/models/ab:predict", "PUT", predict): 405,
+        ("tfserve/v1/models/ab", "DELETE", None): 405,
         ("tfserve/api/models", "GET", None): 403,
         ("tfserve/api/tokens", "POST", '{"model": "ab"}'): 403,
         ("tfserve/api/engine", "GET", None): 403,
@@ -164,6 +162,29 @@ async def test_a_share_token_reaches_one_model_and_nothing_else(jp_fetch, jp_ser
         assert "Set-Cookie" not in response.headers, path
     not_ours = await teammate("tfserve/v1/models/other:predict", "POST", predict)
     assert json.loads(not_ours.body) == {"error": "This share token does not grant access to model other"}
+
+    # The same browser may hold the owner's Jupyter login cookie, or a stale one. A share-token request is still
+    # the token's alone (never the Jupyter user), and no cookie is set or cleared for it.
+    base, client = teammate.base, teammate.client
+    login = await client.fetch(base + "api/status",
+                               headers={"Authorization": f"token {jp_serverapp.identity_provider.token}"})
+    cookie = next(value.split(";")[0] for value in login.headers.get_list("Set-Cookie")
+                  if value.startswith("username-"))
+    stale = cookie.split("=", 1)[0] + "=2|not-a-valid-cookie"
+    for jar in (cookie, stale):
+        for path, method, body, status in (("tfserve/v1/models/ab:predict", "POST", predict, 200),
+                                           ("tfserve/v1/models", "GET", None, 403),
+                                           ("tfserve/v1/models/other:predict", "POST", predict, 403)):
+            response = await client.fetch(base + path, method=method, body=body, raise_error=False,
+                                          headers={"Authorization": f"Bearer {created['token']}", "Cookie": jar})
+            assert response.code == status, (jar == cookie, path, response.code, response.body)
+            assert "Set-Cookie" not in response.headers, (jar == cookie, path, response.headers)
+    # The cookie alone is the Jupyter user, with Jupyter's XSRF check: a GET passes, a POST without the XSRF token not.
+    as_owner = await client.fetch(base + "tfserve/v1/models/ab", headers={"Cookie": cookie}, raise_error=False)
+    assert as_owner.code == 200, as_owner.body
+    no_xsrf = await client.fetch(base + "tfserve/v1/models/ab:predict", method="POST", body=predict,
+                                 headers={"Cookie": cookie}, raise_error=False)
+    assert no_xsrf.code == 403 and "_xsrf" in no_xsrf.body.decode(), no_xsrf.body
 
     code, short = await owner.api("POST", "tokens", {"model": "ab", "expires_in_seconds": 1})
     await asyncio.sleep(1.2)

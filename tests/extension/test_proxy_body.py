@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from tests.helpers.jupyter import extension_config
+
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 HUGE = 64 * 1024 * 1024  # under Jupyter's own limit (512 MiB; 100 MB in the test server)
@@ -33,10 +35,7 @@ def jp_server_config(tmp_path, model_zoo):
         f'model_config_list {{ config {{ name: "half" base_path: "{zoo}" }} '
         f'config {{ name: "other" base_path: "{zoo}" }} }}'
     )
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_tfserve": True}, "allow_unauthenticated_access": False},
-        "TFServeExtension": {"state_dir": str(state), "max_request_body_bytes": 1024 * 1024},
-    }
+    return extension_config(state, {"allow_unauthenticated_access": False}, max_request_body_bytes=1024 * 1024)
 
 
 async def _started(jp_fetch, jp_serverapp) -> None:

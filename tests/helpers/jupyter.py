@@ -12,6 +12,14 @@ import requests
 from tests.helpers.server import ChildProcess, free_port
 
 
+def extension_config(state_dir: Path, server: dict | None = None, **extension) -> dict:
+    """A ``jp_server_config`` with the extension on, its state in ``state_dir`` and ``extension``'s traits."""
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_tfserve": True}, **(server or {})},
+        "TFServeExtension": {"state_dir": str(state_dir), **extension},
+    }
+
+
 class JupyterServerProcess(ChildProcess):
     """One Jupyter server (its own port, token and tfserve state dir) running until stop()."""
 
