@@ -9,6 +9,7 @@ or not at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,8 +153,7 @@ async def served():
 @pytest.mark.timeout(30)
 async def test_connections_are_kept_alive_and_reused(served):
     server = await served()
-    client = EngineClient()
-    try:
+    with contextlib.closing(EngineClient()) as client:
         for n in range(20):
             response = await client.request("POST", f"{server.url}/v1/models/m:predict?n={n}",
                                             {"Content-Type": "application/json"}, b'{"instances": [1]}')
@@ -175,8 +175,6 @@ async def test_connections_are_kept_alive_and_reused(served):
         assert client.connections_made == server.connections == idle
         get = server.seen[-1]
         assert get.method == "GET" and "content-length" not in get.headers and get.body == b""
-    finally:
-        client.close()
 
 
 @pytest.mark.asyncio
@@ -185,8 +183,7 @@ async def test_a_reused_connection_closed_before_the_answer_is_retried_once_on_a
     # The engine restarted (or closed the connection) just as a pooled connection was used: the
     # second request on every connection is dropped unanswered.
     server = await served(lambda seen: None if seen.number_on_connection == 2 else echo(seen))
-    client = EngineClient()
-    try:
+    with contextlib.closing(EngineClient()) as client:
         first = await client.request("POST", f"{server.url}/a", {}, b"one")
         again = await client.request("POST", f"{server.url}/b", {}, b"two")
         assert (first.body, again.body) == (b"one", b"two")
@@ -194,16 +191,13 @@ async def test_a_reused_connection_closed_before_the_answer_is_retried_once_on_a
             (1, "/a", b"one"), (1, "/b", b"two"), (2, "/b", b"two")]
         assert client.connections_made == 2
         assert again.header("X-Connection") == "2"
-    finally:
-        client.close()
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
 async def test_a_new_connection_closed_before_the_answer_is_not_retried(served):
     server = await served(lambda seen: None)
-    client = EngineClient()
-    try:
+    with contextlib.closing(EngineClient()) as client:
         with pytest.raises(EngineUnavailable, match="before answering"):
             await client.request("POST", f"{server.url}/a", {}, b"x")
         assert len(server.seen) == 1 and client.connections_made == 1
@@ -214,16 +208,13 @@ async def test_a_new_connection_closed_before_the_answer_is_not_retried(served):
         with pytest.raises(EngineUnavailable):
             await client.request("POST", f"{server.url}/b", {}, b"y")
         assert [s.target for s in server.seen] == ["/a", "/warm", "/b", "/b"]
-    finally:
-        client.close()
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
 async def test_a_connection_the_server_closed_while_idle_is_not_used(served):
     server = await served()
-    client = EngineClient()
-    try:
+    with contextlib.closing(EngineClient()) as client:
         await client.request("GET", f"{server.url}/a")
         server.close_idle_connections()
         for _ in range(50):  # until the client's side has seen the close
@@ -233,8 +224,6 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used(served):
         response = await client.request("GET", f"{server.url}/b")
         assert response.status == 200 and client.connections_made == 2
         assert [s.connection for s in server.seen] == [1, 2]
-    finally:
-        client.close()
 
 
 @pytest.mark.asyncio
@@ -243,30 +232,24 @@ async def test_nothing_listening_is_engine_unavailable():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = EngineClient()
-    try:
+    with contextlib.closing(EngineClient()) as client:
         with pytest.raises(EngineUnavailable, match=f"cannot connect to the engine at 127.0.0.1:{port}"):
             await client.request("POST", f"http://127.0.0.1:{port}/v1/models/m:predict", {}, b"{}")
         assert client.connections_made == 0
-    finally:
-        client.close()
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_large_bodies_both_ways_in_chunks(served):
     server = await served()
-    client = EngineClient()
     chunks = [bytes([n]) * 65536 for n in range(128)]  # 8 MiB, as tornado hands a streamed body over
-    try:
+    with contextlib.closing(EngineClient()) as client:
         response = await client.request("POST", f"{server.url}/big", {"Content-Type": "application/json"}, chunks)
         assert response.status == 200 and response.body == b"".join(chunks)
         assert server.seen[0].headers["content-length"] == str(128 * 65536)
         small = await client.request("PUT", f"{server.url}/small", {}, b"")
         assert small.body == b"" and server.seen[-1].headers["content-length"] == "0"
         assert client.connections_made == 1
-    finally:
-        client.close()
 
 
 @pytest.mark.asyncio
@@ -280,8 +263,7 @@ async def test_status_headers_and_answers_that_end_the_connection(served):
         "/empty": b"HTTP/1.1 204 No Content\r\n\r\n",
     }
     server = await served(lambda seen: replies[seen.target])
-    client = EngineClient()
-    try:
+    with contextlib.closing(EngineClient()) as client:
         missing = await client.request("GET", f"{server.url}/missing")
         assert (missing.status, missing.body) == (404, b'{"error": "no"}')
         assert missing.header("X-TFServe-Model-Version") == "3"
@@ -292,8 +274,6 @@ async def test_status_headers_and_answers_that_end_the_connection(served):
         assert client.idle_connections("127.0.0.1", server.port) == 0
         await client.request("GET", f"{server.url}/missing")
         assert client.connections_made == 2
-    finally:
-        client.close()
 
     async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -302,12 +282,9 @@ async def test_status_headers_and_answers_that_end_the_connection(served):
         writer.close()
 
     raw = await asyncio.start_server(until_close, "127.0.0.1", 0)
-    client = EngineClient()
-    try:
+    with contextlib.closing(EngineClient()) as client:
         response = await client.request("GET", f"http://127.0.0.1:{raw.sockets[0].getsockname()[1]}/")
         assert (response.status, response.body) == (200, b"all of it")
-    finally:
-        client.close()
         raw.close()
 
 
@@ -315,24 +292,20 @@ async def test_status_headers_and_answers_that_end_the_connection(served):
 @pytest.mark.timeout(30)
 async def test_no_answer_in_time_is_a_timeout_and_the_connection_is_dropped(served):
     server = await served(lambda seen: "hang" if seen.target == "/slow" else echo(seen))
-    client = EngineClient(timeout=0.3)
-    try:
+    with contextlib.closing(EngineClient(timeout=0.3)) as client:
         await client.request("GET", f"{server.url}/fast")
         with pytest.raises(TimeoutError):
             await client.request("GET", f"{server.url}/slow")
         assert client.idle_connections("127.0.0.1", server.port) == 0
         assert (await client.request("GET", f"{server.url}/fast")).status == 200
         assert client.connections_made == 2
-    finally:
-        client.close()
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
 async def test_nothing_that_would_split_the_request_is_sent(served):
     server = await served()
-    client = EngineClient()
-    try:
+    with contextlib.closing(EngineClient()) as client:
         with pytest.raises(ValueError, match="header"):
             await client.request("GET", f"{server.url}/a", {"X-Route": "a\r\nX-Injected: 1"})
         with pytest.raises(ValueError, match="request line"):
@@ -340,8 +313,6 @@ async def test_nothing_that_would_split_the_request_is_sent(served):
         with pytest.raises(ValueError, match="http://"):
             await client.request("GET", "https://example.invalid/")
         assert server.seen == []
-    finally:
-        client.close()
 
 
 @pytest.mark.asyncio
@@ -365,8 +336,7 @@ async def test_closing_the_client_fails_what_is_in_flight_and_what_comes_after(s
 @pytest.mark.timeout(30)
 async def test_requests_beyond_the_connection_limit_wait_for_a_connection(served):
     server = await served(lambda seen: (0.05, echo(seen)))
-    client = EngineClient(max_connections_per_host=2)
-    try:
+    with contextlib.closing(EngineClient(max_connections_per_host=2)) as client:
         answers = await asyncio.gather(*(client.request("POST", f"{server.url}/{n}", {}, str(n).encode())
                                          for n in range(7)))
         assert [a.body for a in answers] == [str(n).encode() for n in range(7)]
@@ -381,18 +351,13 @@ async def test_requests_beyond_the_connection_limit_wait_for_a_connection(served
         assert client.open_connections("127.0.0.1", server.port) == 0
         answers = await asyncio.gather(*(client.request("GET", f"{server.url}/again") for _ in range(3)))
         assert {a.status for a in answers} == {200} and client.connections_made == 4
-    finally:
-        client.close()
 
     # Refused connections give their places back too.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = EngineClient(max_connections_per_host=1)
-    try:
+    with contextlib.closing(EngineClient(max_connections_per_host=1)) as client:
         for _ in range(3):
             with pytest.raises(EngineUnavailable):
                 await client.request("GET", f"http://127.0.0.1:{port}/")
         assert client.open_connections("127.0.0.1", port) == 0
-    finally:
-        client.close()

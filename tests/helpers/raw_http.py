@@ -101,3 +101,16 @@ def exchange(port: int, data: bytes) -> bytes:
 
 def without_date(answer: bytes) -> bytes:
     return re.sub(rb"Date: [^\r]*\r\n", b"", answer)
+
+
+class EnginePair:
+    """Two engines on the same models and state, for tests that require them to answer alike."""
+
+    def __init__(self, first: ServerProcess, second: ServerProcess, api: str) -> None:
+        self.first, self.second, self.api = first, second, api
+
+    def same(self, data: bytes) -> bytes:
+        """One raw request to each on a new connection; the answers must be the same bytes (the Date aside)."""
+        first = without_date(exchange(self.first.rest_port, data))
+        assert first == without_date(exchange(self.second.rest_port, data))
+        return first

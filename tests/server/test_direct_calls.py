@@ -16,13 +16,20 @@ import orjson
 import pytest
 import requests
 
-from tests.helpers.raw_http import MODEL_CALLS, OWNER, SECRET, engines_for_model_calls, exchange, post, without_date
+from tests.helpers.raw_http import (
+    MODEL_CALLS,
+    OWNER,
+    SECRET,
+    EnginePair,
+    engines_for_model_calls,
+    post,
+)
 from tests.helpers.server import ServerProcess
 
 
-class Pair:
-    def __init__(self, direct: ServerProcess, through_tornado: ServerProcess, api: str) -> None:
-        self.direct, self.through_tornado, self.api = direct, through_tornado, api
+class Pair(EnginePair):
+    direct = property(lambda self: self.first)
+    through_tornado = property(lambda self: self.second)
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +39,10 @@ def engines(tmp_path_factory):
         yield Pair(servers[0], servers[1], api)
 
 
-def _same(engines: Pair, data: bytes) -> bytes:
-    direct = without_date(exchange(engines.direct.rest_port, data))
-    through_tornado = without_date(exchange(engines.through_tornado.rest_port, data))
-    assert direct == through_tornado
-    return direct
-
-
 @pytest.mark.parametrize("name", list(MODEL_CALLS))
 def test_the_direct_path_answers_as_tornados_handler(engines, name):
     path, body = MODEL_CALLS[name]
-    answer = _same(engines, post(path, body))
+    answer = engines.same(post(path, body))
     assert answer.startswith(b"HTTP/1.1 ")
     assert b"Server: TornadoServer/" in answer and b"Content-Type: application/json\r\n" in answer
     if answer.startswith(b"HTTP/1.1 200 "):
@@ -54,7 +54,7 @@ def test_the_direct_path_answers_as_tornados_handler(engines, name):
 
 def test_connection_close_is_answered_and_honoured(engines):
     path, body = MODEL_CALLS["predict rows"]
-    answer = _same(engines, post(path, body, OWNER + "Connection: close\r\n"))
+    answer = engines.same(post(path, body, OWNER + "Connection: close\r\n"))
     assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close\r\n" in answer
 
 
@@ -62,11 +62,11 @@ def test_a_share_token_gets_the_same_answers_and_no_paths(engines):
     token = requests.post(engines.api + "/tokens", json={"model": "half", "verbs": ["predict"]},
                           headers={"X-TFServe-Engine-Secret": SECRET}, timeout=30).json()["token"]
     bearer = f"Authorization: Bearer {token}\r\n"
-    assert _same(engines, post("/v1/models/half:predict", b'{"instances": [2.0]}', bearer)).startswith(
+    assert engines.same(post("/v1/models/half:predict", b'{"instances": [2.0]}', bearer)).startswith(
         b"HTTP/1.1 200 ")
-    refused = _same(engines, post("/v1/models/tf2:predict", b'{"instances": [[2.0]]}', bearer))
+    refused = engines.same(post("/v1/models/tf2:predict", b'{"instances": [[2.0]]}', bearer))
     assert refused.startswith(b"HTTP/1.1 403 ")
-    wrong = _same(engines, post("/v1/models/half:predict", b'{"instances": ["x"]}', bearer))
+    wrong = engines.same(post("/v1/models/half:predict", b'{"instances": ["x"]}', bearer))
     assert wrong.startswith(b"HTTP/1.1 400 ") and b"/tmp" not in wrong
 
 
@@ -91,7 +91,7 @@ def _direct_calls(server: ServerProcess) -> float:
 def test_the_direct_path_is_taken_on_one_engine_and_not_the_other(engines):
     before = _direct_calls(engines.direct), _direct_calls(engines.through_tornado)
     path, body = MODEL_CALLS["predict rows"]
-    _same(engines, post(path, body))
-    _same(engines, post("/v1/models/half:predict", b'{"instances": [1.0]}', ""))  # refused: tornado answers
+    engines.same(post(path, body))
+    engines.same(post("/v1/models/half:predict", b'{"instances": [1.0]}', ""))  # refused: tornado answers
     assert _direct_calls(engines.direct) == before[0] + 1
     assert _direct_calls(engines.through_tornado) == before[1] == 0

@@ -22,6 +22,7 @@ from tests.helpers.raw_http import (
     MODEL_CALLS,
     OWNER,
     SECRET,
+    EnginePair,
     engines_for_model_calls,
     exchange,
     post,
@@ -33,9 +34,9 @@ from tests.helpers.server import ServerProcess
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="SO_REUSEPORT is Linux's and BSD's")
 
 
-class Pair:
-    def __init__(self, fronted: ServerProcess, alone: ServerProcess, api: str) -> None:
-        self.fronted, self.alone, self.api = fronted, alone, api
+class Pair(EnginePair):
+    fronted = property(lambda self: self.first)
+    alone = property(lambda self: self.second)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,6 @@ def engines(tmp_path_factory):
     with engines_for_model_calls(tmp_path_factory.mktemp("front"), (["--rest_front_processes=2"], [])) as (
             servers, api):
         yield Pair(servers[0], servers[1], api)
-
-
-def _same(engines: Pair, data: bytes) -> bytes:
-    fronted = without_date(exchange(engines.fronted.rest_port, data))
-    alone = without_date(exchange(engines.alone.rest_port, data))
-    assert fronted == alone
-    return fronted
 
 
 def _counter(server: ServerProcess, name: str) -> float:
@@ -77,7 +71,7 @@ def _front_doors(server: ServerProcess) -> list[int]:
 @pytest.mark.parametrize("name", list(MODEL_CALLS))
 def test_a_front_door_answers_as_the_engine_alone(engines, name):
     path, body = MODEL_CALLS[name]
-    answer = _same(engines, post(path, body))
+    answer = engines.same(post(path, body))
     assert answer.startswith(b"HTTP/1.1 ")
     if answer.startswith(b"HTTP/1.1 200 "):
         assert b"X-Tfserve-Model-Version: " in answer
@@ -89,7 +83,7 @@ def test_owner_calls_go_through_the_front_doors_and_the_rest_is_handed_over(engi
     calls = _counter(engines.fronted, "tfserve_rest_front_process_calls")
     direct = _counter(engines.fronted, "tfserve_rest_direct_calls")
     for _ in range(3):
-        assert _same(engines, post(*MODEL_CALLS["predict rows"])).startswith(b"HTTP/1.1 200 ")
+        assert engines.same(post(*MODEL_CALLS["predict rows"])).startswith(b"HTTP/1.1 200 ")
     assert _counter(engines.fronted, "tfserve_rest_front_process_calls") == calls + 3
     assert _counter(engines.fronted, "tfserve_rest_direct_calls") == direct  # not the engine's own direct path
     # Reading the metrics is a GET, handed to the engine with its connection (kept alive since then).
@@ -111,11 +105,11 @@ def test_a_share_token_is_the_engines_to_judge(engines):
                           headers={"X-TFServe-Engine-Secret": SECRET}, timeout=30).json()["token"]
     bearer = f"Authorization: Bearer {token}\r\n"
     handoffs = _counter(engines.fronted, "tfserve_rest_front_process_handoffs")
-    assert _same(engines, post("/v1/models/half:predict", b'{"instances": [2.0]}', bearer)).startswith(
+    assert engines.same(post("/v1/models/half:predict", b'{"instances": [2.0]}', bearer)).startswith(
         b"HTTP/1.1 200 ")
-    assert _same(engines, post("/v1/models/tf2:predict", b'{"instances": [[2.0]]}', bearer)).startswith(
+    assert engines.same(post("/v1/models/tf2:predict", b'{"instances": [[2.0]]}', bearer)).startswith(
         b"HTTP/1.1 403 ")
-    assert _same(engines, post("/v1/models/half:predict", b'{"instances": [1.0]}', "")).startswith(
+    assert engines.same(post("/v1/models/half:predict", b'{"instances": [1.0]}', "")).startswith(
         b"HTTP/1.1 401 ")  # no credential at all, on an engine that requires one
     assert _counter(engines.fronted, "tfserve_rest_front_process_handoffs") >= handoffs + 3
 
@@ -131,13 +125,13 @@ def test_a_share_token_is_the_engines_to_judge(engines):
     b"POST /v1/models/half:predict HTTP/1.0\r\nContent-Length: 2\r\n" + OWNER.encode() + b"\r\n{}",
 ], ids=["get", "garbage", "bare-lf", "two-lengths", "chunked", "query", "http-1.0"])
 def test_what_a_front_door_does_not_take_is_answered_by_the_engine(engines, data):
-    _same(engines, data)
+    engines.same(data)
 
 
 def test_a_large_body_is_handed_over_and_decoded_by_the_engine(engines):
     body = orjson.dumps({"instances": [float(i % 7) + 0.25 for i in range(60_000)]})
     assert len(body) > 256 * 1024
-    answer = _same(engines, post("/v1/models/half:predict", body))
+    answer = engines.same(post("/v1/models/half:predict", body))
     assert answer.startswith(b"HTTP/1.1 200 ")
 
 
