@@ -9,7 +9,6 @@ refusal, limit and early answer stays where issue 13's tests pin them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -26,6 +25,7 @@ from ..engine.errors import Code, ServingError, redact_paths
 from ..engine.signature import SignatureSpec
 from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER
 from .auth import OWNER, Access, Authenticator
+from .deadlines import DeadlineExceeded, Deadlines
 from .rest_wire import Dates, answer_bytes, call_from_head, parse_model_path
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,14 @@ async def with_timeout(settings: CallSettings, call):
     if not settings.timeout_seconds:
         return await call
     try:
-        async with asyncio.timeout(settings.timeout_seconds):  # unlike wait_for, creates no extra task
-            return await call
-    except TimeoutError:
+        return await _deadlines.run(settings.timeout_seconds, call)
+    except DeadlineExceeded:
         raise ServingError(
             Code.DEADLINE_EXCEEDED, f"Request timed out after {settings.timeout_seconds * 1000:.0f} ms"
         ) from None
+
+
+_deadlines = Deadlines()  # the REST loop's; its timers live on whichever loop awaits it
 
 
 def parse_target(path: str) -> tuple[Target, re.Match] | None:
