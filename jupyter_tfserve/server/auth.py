@@ -35,6 +35,11 @@ DEFAULT_TOKEN_LIFETIME_SECONDS = 24 * 3600
 MAX_TOKEN_LIFETIME_SECONDS = 365 * 24 * 3600
 
 
+def secret_matches(secret: str | None, presented: str | None) -> bool:
+    """Is ``presented`` the engine secret (compared in constant time)? Never, when there is no secret."""
+    return bool(secret) and presented is not None and hmac.compare_digest(presented.encode(), secret.encode())
+
+
 @dataclass(frozen=True)
 class Access:
     """What the caller may do: everything (owner) or some verbs on one model (share token)."""
@@ -96,9 +101,7 @@ class Authenticator:
         self._clock = clock
 
     def is_owner_secret(self, presented: str | None) -> bool:
-        return bool(self._secret) and presented is not None and hmac.compare_digest(
-            presented.encode(), self._secret.encode()
-        )
+        return secret_matches(self._secret, presented)
 
     def authenticate(self, engine_secret: str | None, authorization: str | None) -> Access:
         if self.is_owner_secret(engine_secret):

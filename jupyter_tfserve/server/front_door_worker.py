@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import logging
 import os
@@ -32,14 +31,15 @@ from typing import Any
 
 import httptools
 from tornado import httputil
-from tornado.log import access_log
 
 from ..engine.codecs.decode_workers import decode_body
 from ..engine.codecs.json_encode import encode_json, encode_predict_response
 from ..engine.errors import ServingError
 from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER, bearer_token
+from .auth import secret_matches
 from .frames import FrameProtocol
-from .rest_wire import Dates, ModelPath, answer_bytes, call_from_head
+from .http_front import request_head
+from .rest_wire import Dates, ModelPath, answer_bytes, call_from_head, log_refusal
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,7 @@ def parse_head(head: bytes) -> tuple[httputil.RequestStartLine, httputil.HTTPHea
         return None
     if not fields.complete:
         return None
-    headers = httputil.HTTPHeaders()
-    for name, value in fields.headers:
-        headers.add(name.decode("latin1"), value.decode("latin1"))
-    start_line = httputil.RequestStartLine(parser.get_method().decode("latin1"), fields.url.decode("latin1"),
-                                           "HTTP/" + parser.get_http_version())
-    return start_line, headers
+    return request_head(parser, fields.url, fields.headers)
 
 
 class _Call:
@@ -143,8 +138,7 @@ class FrontDoorWorker:
 
     def _is_owner(self, headers: httputil.HTTPHeaders) -> bool:
         """The engine's ``Authenticator.authenticate`` for the owner; a share token is the engine's to judge."""
-        presented = headers.get(ENGINE_SECRET_HEADER)
-        if self.secret and presented is not None and hmac.compare_digest(presented.encode(), self.secret.encode()):
+        if secret_matches(self.secret, headers.get(ENGINE_SECRET_HEADER)):
             return True
         return bearer_token(headers.get("Authorization")) is None and not self.require_auth
 
@@ -157,9 +151,7 @@ class FrontDoorWorker:
             log.exception("Uncaught exception in %s", call.verb)
             status, version, payload = 500, None, encode_json({"error": "Internal Server Error"})
         if status >= 400:
-            elapsed_ms = 1000.0 * (time.perf_counter() - call.started)
-            (access_log.error if status >= 500 else access_log.warning)(
-                "%d %s %.2fms", status, call.summary, elapsed_ms)
+            log_refusal(status, call.summary, call.started)
         return answer_bytes(status, version, payload, call.close, self.dates)
 
     async def _answer(self, call: _Call, body: bytes) -> tuple[int, str | None, bytes]:
@@ -338,14 +330,24 @@ class _Connection(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
 
 
+def reuseport_socket(family: int, address: Any) -> socket.socket:
+    """A TCP socket bound to ``address`` in its port's SO_REUSEPORT group (IPv6 ones v6-only, as tornado's)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def listening_socket(family: int, address: Any) -> socket.socket:
     """A socket on the engine's REST address, in the port's SO_REUSEPORT group, listening."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(address)
+    sock = reuseport_socket(family, address)
     sock.listen(1024)
     sock.setblocking(False)
     return sock

@@ -26,7 +26,7 @@ from ..engine.errors import ServingError
 from ..wire import ENGINE_SECRET_ENV
 from .auth import OWNER
 from .frames import FrameProtocol
-from .front_door_worker import HANDOFF_CHUNK_BYTES, HANDOFF_HEADER
+from .front_door_worker import HANDOFF_CHUNK_BYTES, HANDOFF_HEADER, reuseport_socket
 from .http_front import FrontDoor
 from .model_call import CallSettings, answer_call, likely_signatures, predict_decoded, with_timeout
 
@@ -45,25 +45,18 @@ def reserved_sockets(port: int, host: str) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     seen = set()
-    for family, kind, proto, _, address in infos:
+    for family, _kind, _proto, _, address in infos:
         if (family, address) in seen:
             continue
         seen.add((family, address))
         if port == 0 and sockets:
             address = (address[0], sockets[0].getsockname()[1], *address[2:])
-        sock = socket.socket(family, kind, proto)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
+            sockets.append(reuseport_socket(family, address))
         except OSError:
-            sock.close()
             for bound in sockets:
                 bound.close()
             raise
-        sockets.append(sock)
     return sockets
 
 

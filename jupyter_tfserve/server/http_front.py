@@ -49,6 +49,16 @@ class _Context:
         return str(self.remote_ip)
 
 
+def request_head(parser: httptools.HttpRequestParser, url: bytes, header_items: list[tuple[bytes, bytes]]
+                 ) -> tuple[httputil.RequestStartLine, httputil.HTTPHeaders]:
+    """The start line and headers llhttp read, as tornado's handlers see them (latin-1, as tornado decodes)."""
+    headers = httputil.HTTPHeaders()
+    for name, value in header_items:
+        headers.add(name.decode("latin1"), value.decode("latin1"))
+    return httputil.RequestStartLine(parser.get_method().decode("latin1"), url.decode("latin1"),
+                                     "HTTP/" + parser.get_http_version()), headers
+
+
 def _done_future() -> asyncio.Future:
     future = asyncio.get_running_loop().create_future()
     future.set_result(None)
@@ -399,12 +409,7 @@ class _Connection(asyncio.Protocol):
             raise httptools.HttpParserError("headers too large")
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        headers = httputil.HTTPHeaders()
-        for name, value in self.header_items:
-            headers.add(name.decode("latin1"), value.decode("latin1"))
-        start_line = httputil.RequestStartLine(parser.get_method().decode("latin1"), self.url.decode("latin1"),
-                                               "HTTP/" + parser.get_http_version())
+        start_line, headers = request_head(self.parser, self.url, self.header_items)
         length = headers.get("Content-Length")
         content_length = None
         if length is not None:

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 from tornado import httputil
-from tornado.log import access_log
 
 from ..engine.codecs import json_body, json_encode, json_example, json_predict
 from ..engine.codecs.decode_workers import WORKER_MIN_BYTES, DecodedBody, DecodeWorkers
@@ -26,7 +25,7 @@ from ..engine.signature import SignatureSpec
 from ..wire import ENGINE_SECRET_HEADER, ROUTE_KEY_HEADER
 from .auth import OWNER, Access, Authenticator
 from .deadlines import DeadlineExceeded, Deadlines
-from .rest_wire import Dates, answer_bytes, call_from_head, parse_model_path
+from .rest_wire import Dates, answer_bytes, call_from_head, log_refusal, parse_model_path
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +217,5 @@ class DirectCall:
             log.exception("Uncaught exception in %s", self.verb)  # tornado's write_error: a 500 in our format
             status, version, payload = 500, None, json_encode.encode_json({"error": "Internal Server Error"})
         if status >= 400:
-            self._log(status)
+            log_refusal(status, self.summary, self.started)
         return answer_bytes(status, version, payload, close, self.calls.dates)
-
-    def _log(self, status: int) -> None:
-        """tornado's access log line (4xx as warnings, 5xx as errors), as its handler would write it."""
-        elapsed_ms = 1000.0 * (time.perf_counter() - self.started)
-        (access_log.error if status >= 500 else access_log.warning)("%d %s %.2fms", status, self.summary, elapsed_ms)

@@ -13,6 +13,7 @@ import time
 
 import tornado
 from tornado import httputil
+from tornado.log import access_log
 
 from ..wire import VERSION_HEADER
 
@@ -85,6 +86,12 @@ class Dates:
             self.second = second
             self.header = f"Date: {httputil.format_timestamp(second)}\r\n".encode()
         return self.header
+
+
+def log_refusal(status: int, summary: str, started: float) -> None:
+    """tornado's access log line for a 4xx (warning) or 5xx (error), as its handler would write it."""
+    elapsed_ms = 1000.0 * (time.perf_counter() - started)
+    (access_log.error if status >= 500 else access_log.warning)("%d %s %.2fms", status, summary, elapsed_ms)
 
 
 def answer_bytes(status: int, version: str | None, payload: bytes, close: bool, dates: Dates) -> bytes:
